@@ -1,0 +1,100 @@
+# vlmrun — build. CPU runtime always; CUDA objects too when nvcc is found (CUDA=0 turns that off).
+# Switches: CUDA=0|1, SAN=1 (ASan+UBSan, CPU-only, separate build dir), DEBUG=1, V=1.
+.DEFAULT_GOAL := all
+
+CC      ?= cc
+NVCC    ?= nvcc
+DEBUG   ?= 0
+SAN     ?= 0
+V       ?= 0
+ifneq ($(filter-out 0 1,$(DEBUG) $(SAN) $(V)),)
+$(error DEBUG, SAN and V take 0 or 1)
+endif
+
+NVCC_PATH := $(shell command -v $(NVCC) 2>/dev/null)
+ifeq ($(SAN),1)
+CUDA := 0
+endif
+ifeq ($(origin CUDA),undefined)
+CUDA := $(if $(NVCC_PATH),1,0)
+endif
+ifeq ($(filter $(CUDA),0 1),)
+$(error CUDA takes 0 or 1)
+endif
+ifeq ($(CUDA),1)
+ifeq ($(NVCC_PATH),)
+$(error CUDA=1 but nvcc was not found on PATH)
+endif
+endif
+$(info vlmrun: nvcc $(if $(NVCC_PATH),found at $(NVCC_PATH),not found); CUDA backend objects $(if $(filter 1,$(CUDA)),on,off); sanitizers $(if $(filter 1,$(SAN)),on (ASan+UBSan),off))
+
+BUILD := build$(if $(filter 1,$(SAN)),-san)
+Q := $(if $(filter 1,$(V)),,@)
+
+CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -g -ffp-contract=off -fopenmp \
+           -Iinclude -I. $(if $(filter 1,$(DEBUG)),-O0,-O2) $(EXTRA_CFLAGS)
+LDLIBS  := -lcjson -lm -lpthread -fopenmp
+ifeq ($(SAN),1)
+CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDLIBS  += -fsanitize=address,undefined
+endif
+NVFLAGS := -O2 -std=c++17 -Iinclude -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
+           -gencode arch=compute_90,code=sm_90
+
+LIB_SRC  := $(sort $(wildcard runtime/*.c kernels/*.c kernels/cpu/*.c vision/*.c tokenizer/*.c))
+LIB_SRC  := $(filter-out runtime/main.c,$(LIB_SRC))
+CU_SRC   := $(sort $(wildcard kernels/cuda/*.cu))
+TEST_SRC := $(sort $(wildcard tests/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+ifeq ($(CUDA),1)
+LIB_OBJ  := $(filter-out $(BUILD)/kernels/cuda_stub.o,$(LIB_OBJ)) $(CU_OBJ)
+LDLIBS   += -L$(dir $(NVCC_PATH))../lib64 -lcudart_static -ldl -lrt -lstdc++
+endif
+
+VLMRUN   := $(BUILD)/vlmrun
+RUNTESTS := $(BUILD)/tests/run_tests
+
+all: $(VLMRUN) ## build vlmrun (and the CUDA objects when enabled)
+
+$(BUILD)/libvlm.a: $(LIB_OBJ)
+	$(Q)ar rcs $@ $^
+
+$(VLMRUN): $(BUILD)/runtime/main.o $(BUILD)/libvlm.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(RUNTESTS): $(TEST_OBJ) $(BUILD)/libvlm.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/%.o: tests/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	$(Q)$(CC) $(CFLAGS) -DVLM_SRC_DIR='"$(CURDIR)"' -DVLM_BUILD_DIR='"$(CURDIR)/$(BUILD)"' -MMD -MP -c -o $@ $<
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "  NVCC  $<"
+	$(Q)$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+test: $(VLMRUN) $(RUNTESTS) ## run every test (SAN=1: under ASan+UBSan)
+	$(RUNTESTS)
+
+cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects
+	@echo "CUDA objects compiled: $(words $(CU_OBJ))"
+
+fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requirements.txt)
+	python3 tools/make_fixtures.py
+
+clean: ## remove build outputs
+	rm -rf build build-san
+
+.PHONY: all test cuda-objs fixtures clean
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

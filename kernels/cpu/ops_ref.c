@@ -1,0 +1,141 @@
+/* ops_ref.c — the float32 CPU reference of every op (contracts in kernels/ops.h).
+ *
+ * Plain loops, no intrinsics: this file is what every fast and CUDA kernel is checked against. Reductions
+ * (dot products, means, softmax sums) accumulate in double so that the reference is at least as accurate as
+ * PyTorch's float32 blocked sums; results are rounded to float once. Rows are independent, so OpenMP over rows
+ * changes no result. */
+#include <math.h>
+
+#include "kernels/ops.h"
+
+void cpu_linear_ref(float *y, const float *x, const float *w, const float *b, int64_t M, int64_t N, int64_t K) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        for (int64_t j = 0; j < N; j++) {
+            const float *xr = x + i * K, *wr = w + j * K;
+            double acc = b ? (double)b[j] : 0.0;
+            for (int64_t k = 0; k < K; k++) acc += (double)xr[k] * (double)wr[k];
+            y[i * N + j] = (float)acc;
+        }
+    }
+}
+
+void cpu_layernorm_ref(float *y, const float *x, const float *g, const float *b, int64_t M, int64_t n, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        const float *xr = x + i * n;
+        float *yr = y + i * n;
+        double mean = 0, var = 0;
+        for (int64_t k = 0; k < n; k++) mean += xr[k];
+        mean /= (double)n;
+        for (int64_t k = 0; k < n; k++) var += ((double)xr[k] - mean) * ((double)xr[k] - mean);
+        var /= (double)n; /* biased, as torch.nn.LayerNorm */
+        double inv = 1.0 / sqrt(var + (double)eps);
+        for (int64_t k = 0; k < n; k++) yr[k] = (float)(((double)xr[k] - mean) * inv * g[k] + b[k]);
+    }
+}
+
+void cpu_rmsnorm_ref(float *y, const float *x, const float *g, int64_t M, int64_t n, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M; i++) {
+        const float *xr = x + i * n;
+        float *yr = y + i * n;
+        double ss = 0;
+        for (int64_t k = 0; k < n; k++) ss += (double)xr[k] * xr[k];
+        /* HF: r = (float)(x * rsqrt(mean + eps)), then weight * r (the weight multiply after the cast). */
+        double inv = 1.0 / sqrt(ss / (double)n + (double)eps);
+        for (int64_t k = 0; k < n; k++) yr[k] = g[k] * (float)(xr[k] * inv);
+    }
+}
+
+void cpu_gelu_tanh_ref(float *x, int64_t n) {
+    const double c = 0.7978845608028654; /* sqrt(2/pi) */
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i];
+        x[i] = (float)(0.5 * v * (1.0 + tanh(c * (v + 0.044715 * v * v * v))));
+    }
+}
+
+void cpu_gelu_erf_ref(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i];
+        x[i] = (float)(0.5 * v * (1.0 + erf(v * 0.7071067811865476)));
+    }
+}
+
+void cpu_silu_ref(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i];
+        x[i] = (float)(v / (1.0 + exp(-v)));
+    }
+}
+
+void cpu_swiglu_ref(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double v = a[i];
+        /* HF: act_fn(gate) is rounded to float before the multiply by up. */
+        a[i] = (float)(v / (1.0 + exp(-v))) * b[i];
+    }
+}
+
+void cpu_softmax_ref(float *x, int64_t M, int64_t n) {
+    for (int64_t i = 0; i < M; i++) {
+        float *r = x + i * n;
+        float mx = -INFINITY;
+        for (int64_t k = 0; k < n; k++) mx = r[k] > mx ? r[k] : mx;
+        if (mx == -INFINITY) { /* fully masked row: torch gives NaN; keep that class */
+            for (int64_t k = 0; k < n; k++) r[k] = NAN;
+            continue;
+        }
+        double sum = 0;
+        for (int64_t k = 0; k < n; k++) sum += exp((double)r[k] - (double)mx);
+        for (int64_t k = 0; k < n; k++) r[k] = (float)(exp((double)r[k] - (double)mx) / sum);
+    }
+}
+
+void cpu_rope_neox_ref(float *x, int64_t n_tok, int64_t n_heads, int64_t hd, int64_t pos0, float theta) {
+    int64_t half = hd / 2;
+    for (int64_t t = 0; t < n_tok; t++) {
+        float pos = (float)(pos0 + t); /* HF casts position ids to float32 */
+        for (int64_t j = 0; j < half; j++) {
+            /* HF: inv_freq = 1 / theta^(float(2j)/hd) in float32; angle = inv_freq * pos in float32. */
+            float inv_freq = 1.0f / powf(theta, (float)(2 * j) / (float)hd);
+            float ang = inv_freq * pos;
+            float c = cosf(ang), s = sinf(ang);
+            for (int64_t h = 0; h < n_heads; h++) {
+                float *v = x + (t * n_heads + h) * hd;
+                float a = v[j], b = v[j + half];
+                v[j] = a * c - b * s;
+                v[j + half] = b * c + a * s;
+            }
+        }
+    }
+}
+
+void cpu_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t n_q, int64_t n_kv_tok,
+                       int64_t n_heads, int64_t n_kv_heads, int64_t hd, int64_t kv_stride, int64_t q_pos0, int causal,
+                       float *scratch) {
+    const int64_t group = n_heads / n_kv_heads;
+    const float scale = (float)(1.0 / sqrt((double)hd)); /* HF: head_dim**-0.5 as a Python float, then float32 */
+    for (int64_t i = 0; i < n_q; i++) {
+        int64_t n_vis = causal ? q_pos0 + i + 1 : n_kv_tok;
+        if (n_vis > n_kv_tok) n_vis = n_kv_tok;
+        for (int64_t h = 0; h < n_heads; h++) {
+            const float *qh = q + (i * n_heads + h) * hd;
+            const int64_t kvh = h / group;
+            for (int64_t j = 0; j < n_vis; j++) {
+                const float *kj = k + j * kv_stride + kvh * hd;
+                double acc = 0;
+                for (int64_t d = 0; d < hd; d++) acc += (double)qh[d] * kj[d];
+                scratch[j] = (float)acc * scale;
+            }
+            cpu_softmax_ref(scratch, 1, n_vis);
+            float *oh = out + (i * n_heads + h) * hd;
+            for (int64_t d = 0; d < hd; d++) {
+                double acc = 0;
+                for (int64_t j = 0; j < n_vis; j++) acc += (double)scratch[j] * v[j * kv_stride + kvh * hd + d];
+                oh[d] = (float)acc;
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+/* pipeline.c — see pipeline.h. */
+#include "pipeline.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+#include "vision/siglip.h"
+
+enum vlm_status vlm_image_encode(const struct vlm_model *m, const struct vlm_image *img, struct img_layout *layout,
+                                 float **out_feats) {
+    const struct vlm_config *c = &m->config;
+    const int64_t np = c->vision.n_patches_side * c->vision.n_patches_side, d = c->text.hidden_size;
+    const int64_t width = c->vision.hidden_size * c->n_feature_layers;
+    float *pixels = NULL, *vis = NULL, *proj = NULL, *packed = NULL;
+    struct img_layout lay;
+    enum vlm_status st = img_compute_layout(c, &m->preproc, img->height, img->width, &lay);
+    if (st != VLM_OK) return st;
+    if ((st = img_preprocess(img, c, &m->preproc, &lay, &pixels)) != VLM_OK) goto fail;
+    st = VLM_ERR_OOM;
+    size_t rows;
+    if (!vlm_size_mul((size_t)lay.n_crops, (size_t)np, &rows)) goto fail;
+    vis = vlm_alloc_array(rows, (size_t)width * sizeof(float), "vision features");
+    proj = vis ? vlm_alloc_array(rows, (size_t)d * sizeof(float), "projected features") : NULL;
+    packed = proj ? vlm_alloc_array((size_t)lay.n_image_tokens, (size_t)d * sizeof(float), "packed features") : NULL;
+    if (!packed) goto fail;
+    if ((st = vit_forward(m, pixels, lay.n_crops, vis)) != VLM_OK) goto fail;
+    if ((st = vit_project(m, vis, (int64_t)rows, proj)) != VLM_OK) goto fail;
+    if ((st = img_pack_features(proj, &lay, c->vision.n_patches_side, d, m->w.image_newline, packed)) != VLM_OK)
+        goto fail;
+    free(pixels);
+    free(vis);
+    free(proj);
+    *layout = lay;
+    *out_feats = packed;
+    return VLM_OK;
+fail:
+    free(pixels);
+    free(vis);
+    free(proj);
+    free(packed);
+    return st;
+}
+
+enum vlm_status vlm_prompt_expand(const int64_t *ids, int64_t n, int64_t image_token, int n_images,
+                                  int64_t n_image_tokens, int64_t **out, int64_t *out_n) {
+    int64_t n_marks = 0;
+    for (int64_t i = 0; i < n; i++) n_marks += ids[i] == image_token;
+    if (n_marks != n_images) {
+        vlm_log_error("prompt has %lld image placeholders (id %lld) for %d image(s)", (long long)n_marks,
+                      (long long)image_token, n_images);
+        return VLM_ERR_ARG;
+    }
+    size_t total = (size_t)n;
+    if (n_images && !vlm_size_add(total - 1, (size_t)n_image_tokens, &total)) {
+        vlm_log_error("prompt: expanded length overflows");
+        return VLM_ERR_ARG;
+    }
+    int64_t *r = vlm_alloc_array(total ? total : 1, sizeof(int64_t), "expanded prompt");
+    if (!r) return VLM_ERR_OOM;
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] == image_token)
+            for (int64_t j = 0; j < n_image_tokens; j++) r[k++] = image_token;
+        else r[k++] = ids[i];
+    }
+    VLM_ASSERT((size_t)k == total);
+    *out = r;
+    *out_n = k;
+    return VLM_OK;
+}
+
+enum vlm_status vlm_prompt_embed(const struct vlm_model *m, const int64_t *ids, int64_t n, const float *feats,
+                                 int64_t n_feat_rows, float *out) {
+    const int64_t d = m->config.text.hidden_size, img = m->config.image_token_index;
+    int64_t n_img = 0;
+    for (int64_t i = 0; i < n; i++) n_img += ids[i] == img;
+    if (n_img != n_feat_rows) {
+        vlm_log_error("prompt has %lld image-token positions but the image gives %lld features", (long long)n_img,
+                      (long long)n_feat_rows);
+        return VLM_ERR_ARG;
+    }
+    enum vlm_status st = qwen2_embed(m, ids, n, out);
+    if (st != VLM_OK) return st;
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] == img) memcpy(out + i * d, feats + (r++) * d, (size_t)d * sizeof(float));
+    return VLM_OK;
+}
+
+int64_t vlm_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
+                                    const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                    float *prefill_logits, vlm_token_cb cb, void *user) {
+    const int64_t V = m->w.n_vocab_rows, d = m->config.text.hidden_size;
+    struct kv_cache kv;
+    if (max_new < 0 || n <= 0) {
+        vlm_log_error("generate: bad lengths (prompt %lld, max_new %lld)", (long long)n, (long long)max_new);
+        return VLM_ERR_ARG;
+    }
+    enum vlm_status st = kv_cache_init(&kv, &m->config.text, n + (max_new > 0 ? max_new : 1));
+    if (st != VLM_OK) return st;
+    float *logits = vlm_alloc_array((size_t)V, sizeof(float), "logits");
+    float *x = vlm_alloc_array((size_t)d, sizeof(float), "token embedding");
+    int64_t n_gen = 0;
+    if (!logits || !x) {
+        st = VLM_ERR_OOM;
+        goto done;
+    }
+    if (prefill_logits) {
+        if ((st = qwen2_forward(m, &kv, emb, n, prefill_logits, 1)) != VLM_OK) goto done;
+        memcpy(logits, prefill_logits + (n - 1) * V, (size_t)V * sizeof(float));
+    } else if ((st = qwen2_forward(m, &kv, emb, n, logits, 0)) != VLM_OK) {
+        goto done;
+    }
+    while (n_gen < max_new) {
+        int64_t id = vlm_argmax(logits, V);
+        out_tokens[n_gen++] = id;
+        int stop = cb ? cb(id, user) : 0;
+        for (int s = 0; s < n_stop; s++) stop |= id == stop_ids[s];
+        if (stop || n_gen == max_new) break;
+        if ((st = qwen2_embed(m, &id, 1, x)) != VLM_OK) goto done;
+        if ((st = qwen2_forward(m, &kv, x, 1, logits, 0)) != VLM_OK) goto done;
+    }
+    *n_out = n_gen;
+done:
+    free(logits);
+    free(x);
+    kv_cache_free(&kv);
+    return st;
+}

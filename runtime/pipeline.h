@@ -1,0 +1,39 @@
+/* pipeline.h — one request through the reference model: image -> packed features, prompt ids with the
+ * <image> placeholder expanded, embeddings with the features scattered in, greedy generation. */
+#ifndef VLM_PIPELINE_H
+#define VLM_PIPELINE_H
+
+#include <stdint.h>
+
+#include "model.h"
+#include "qwen2.h"
+#include "vision/image.h"
+
+/* Layout, preprocess, SigLIP, projector, pack. *out_feats (layout->n_image_tokens, d) is malloc'd. */
+enum vlm_status vlm_image_encode(const struct vlm_model *m, const struct vlm_image *img, struct img_layout *layout,
+                                 float **out_feats);
+
+/* Replaces the single image-token id in ids (n) by n_image_tokens copies. VLM_ERR_ARG unless exactly
+ * n_images (0 or 1) placeholders are present. *out (malloc'd) and *out_n receive the expanded ids. */
+enum vlm_status vlm_prompt_expand(const int64_t *ids, int64_t n, int64_t image_token, int n_images,
+                                  int64_t n_image_tokens, int64_t **out, int64_t *out_n);
+
+/* out (n, d): embeddings of ids with the rows of feats (n_feat_rows, d), in order, written into the positions
+ * whose id is image_token. VLM_ERR_ARG when the counts differ (spec §6.8: an input error, not a crash). */
+enum vlm_status vlm_prompt_embed(const struct vlm_model *m, const int64_t *ids, int64_t n, const float *feats,
+                                 int64_t n_feat_rows, float *out);
+
+/* Called with each generated token id as soon as it is chosen; return non-zero to stop. */
+typedef int (*vlm_token_cb)(int64_t id, void *user);
+
+/* Prefills emb (n, d) into a fresh cache sized n + max_new and decodes greedily up to max_new tokens
+ * (argmax, lowest id wins ties), stopping after a token in stop_ids. out_tokens (max_new) receives the
+ * tokens, *n_out their count. prefill_logits, when non-NULL, receives (n, n_vocab_rows) logits of the prompt. */
+enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
+                                    const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                    float *prefill_logits, vlm_token_cb cb, void *user);
+
+/* Index of the largest value (first on ties), as torch.argmax. */
+int64_t vlm_argmax(const float *x, int64_t n);
+
+#endif

@@ -1,0 +1,51 @@
+/* util.h — always-on asserts, error logging, overflow-checked size arithmetic, small file helpers.
+ * Shared by every module; nothing here allocates global state. */
+#ifndef VLM_UTIL_H
+#define VLM_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vlm.h"
+
+/* Broken invariants (never input errors): one expression, so it is safe inside an unbraced if/else. */
+#define VLM_ASSERT(cond) ((cond) ? (void)0 : vlm_assert_fail(__FILE__, __LINE__, #cond))
+_Noreturn void vlm_assert_fail(const char *file, int line, const char *cond);
+
+/* One line on stderr, prefixed "vlmrun: error: ". Callers name the file and the problem. */
+void vlm_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Informational line on stderr (load summary, timings). */
+void vlm_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Checked arithmetic: return false (and leave *out untouched) on overflow. */
+static inline bool vlm_size_mul(size_t a, size_t b, size_t *out) {
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
+}
+static inline bool vlm_size_add(size_t a, size_t b, size_t *out) {
+    size_t r;
+    if (__builtin_add_overflow(a, b, &r)) return false;
+    *out = r;
+    return true;
+}
+/* Product of n non-negative int64 dims; false on a negative dim or overflow of int64. */
+bool vlm_dims_product(const int64_t *dims, int n, int64_t *out);
+
+/* malloc/calloc of n*size bytes with the product checked; NULL (after logging what) on failure. */
+void *vlm_alloc_array(size_t n, size_t size, const char *what);
+void *vlm_calloc_array(size_t n, size_t size, const char *what);
+
+/* Reads a whole (small) file into a NUL-terminated buffer. Fails with VLM_ERR_IO if missing/unreadable,
+ * VLM_ERR_FORMAT if larger than max_bytes. On success *out_buf is malloc'd (caller frees), *out_len set. */
+enum vlm_status vlm_file_read_all(const char *path, size_t max_bytes, char **out_buf, size_t *out_len);
+
+/* Joins dir and name with one '/', into buf of size cap. false if it does not fit. */
+bool vlm_path_join(char *buf, size_t cap, const char *dir, const char *name);
+
+/* Monotonic wall clock in milliseconds. */
+double vlm_time_ms(void);
+
+#endif

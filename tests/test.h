@@ -1,0 +1,56 @@
+/* test.h — the plain C test harness. Every test_*.c is linked into one runner (build/tests/run_tests);
+ * TEST(name) registers a case at load time. A case passes when none of its CHECKs failed. The runner prints
+ * one closing line "N passed, N failed[, N skipped]" and exits non-zero exactly when failed > 0.
+ * Options: -v (print every case), -k SUBSTR (run only cases whose name contains SUBSTR).
+ * Paths: VLM_SRC_DIR is the repository root (set by the Makefile); use test_path("tests/golden/x.bin"). */
+#ifndef VLM_TEST_H
+#define VLM_TEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*test_fn)(void);
+void test_register(const char *name, const char *file, test_fn fn);
+
+#define TEST(name)                                                                                  \
+    static void test_case_##name(void);                                                             \
+    __attribute__((constructor)) static void test_reg_##name(void) {                               \
+        test_register(#name, __FILE__, test_case_##name);                                           \
+    }                                                                                               \
+    static void test_case_##name(void)
+
+/* Records a failure (with file:line and the expression) when cond is false; returns cond. */
+bool test_check(bool cond, const char *expr, const char *file, int line);
+#define CHECK(cond) test_check((cond), #cond, __FILE__, __LINE__)
+bool test_check_i64(int64_t got, int64_t want, const char *expr, const char *file, int line);
+#define CHECK_EQ(got, want) test_check_i64((int64_t)(got), (int64_t)(want), #got " == " #want, __FILE__, __LINE__)
+
+/* Passes when every |got-ref| <= atol + rtol*|ref| and NaN/Inf classes agree; reports the max error and the
+ * worst index on failure. n == 0 is a failure (an empty comparison proves nothing). */
+bool test_check_near(const char *label, const float *got, const float *ref, int64_t n, double atol, double rtol,
+                     const char *file, int line);
+#define CHECK_NEAR_TENSOR(label, got, ref, n, atol, rtol)                                           \
+    test_check_near((label), (got), (ref), (n), (atol), (rtol), __FILE__, __LINE__)
+
+/* Marks the current case skipped with a reason (only for hardware that is absent, never for missing data). */
+void test_skip(const char *why);
+/* Records a failure with a message. */
+void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define FAIL(...) test_fail(__FILE__, __LINE__, __VA_ARGS__)
+
+bool test_verbose(void);
+/* Absolute path of a file under the repository root (static buffer ring; valid for a few calls). */
+const char *test_path(const char *rel);
+/* A fresh temporary directory for this case (created under $TMPDIR); removed by the runner at exit. */
+const char *test_tmpdir(void);
+
+/* Runs a shell command line, returns its exit status (-1 if it did not exit normally); captures the
+ * first cap-1 bytes of stderr into err_buf when non-NULL. */
+int test_run_cmd(const char *cmdline, char *err_buf, size_t cap);
+
+/* Max abs difference and cosine similarity of two vectors. */
+double test_max_abs_diff(const float *a, const float *b, int64_t n);
+double test_cosine(const float *a, const float *b, int64_t n);
+
+#endif

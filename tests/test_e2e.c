@@ -1,0 +1,177 @@
+/* test_e2e.c — the whole reference path against transformers, stage by stage, on the tiny random-weight
+ * fixture models (tools/make_fixtures.py writes tests/golden/<case>.bin from transformers' own classes):
+ * layout and T_img, pixel_values, vision features, projector output, packed features, expanded input ids,
+ * full-prompt logits and 20 greedy tokens (with the KV cache, and once more by full recompute). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "golden.h"
+#include "runtime/model.h"
+#include "runtime/pipeline.h"
+#include "runtime/qwen2.h"
+#include "test.h"
+#include "tolerances.h"
+#include "vision/image.h"
+#include "vision/siglip.h"
+
+struct e2e_case {
+    const char *golden, *model;
+};
+
+static const struct e2e_case k_cases[] = {
+    {"tests/golden/single_png.bin", "tests/data/models/tiny_single"},
+    {"tests/golden/unpad_png.bin", "tests/data/models/tiny_unpad"},
+    {"tests/golden/pool_png.bin", "tests/data/models/tiny_pool"},
+    {"tests/golden/jpeg.bin", "tests/data/models/tiny_unpad"},
+};
+
+static int64_t i64_at(const struct golden_tensor *t, int64_t i) { return ((const int64_t *)t->data)[i]; }
+
+/* Checks one fixture case end to end. Every stage starts from the reference's own input for that stage, so a
+ * mismatch points at one module rather than cascading. */
+static void run_case(const struct e2e_case *c) {
+    struct golden_file g;
+    struct vlm_model *m = NULL;
+    float *pixels = NULL, *vis = NULL, *proj = NULL, *packed = NULL, *emb = NULL, *logits = NULL;
+    int64_t *ids = NULL;
+    if (golden_load(c->golden, &g) != 0) return;
+    if (!CHECK(vlm_model_load(test_path(c->model), &m) == VLM_OK)) goto done;
+    const struct golden_tensor *rgb = golden_get(&g, "image_rgb", GOLDEN_U8);
+    const struct golden_tensor *glay = golden_get(&g, "layout", GOLDEN_I64);
+    const struct golden_tensor *gpix = golden_get(&g, "pixel_values", GOLDEN_F32);
+    const struct golden_tensor *gvis = golden_get(&g, "vision_features", GOLDEN_F32);
+    const struct golden_tensor *gproj = golden_get(&g, "projected", GOLDEN_F32);
+    const struct golden_tensor *gpack = golden_get(&g, "packed", GOLDEN_F32);
+    const struct golden_tensor *gprompt = golden_get(&g, "prompt_ids", GOLDEN_I64);
+    const struct golden_tensor *gids = golden_get(&g, "input_ids", GOLDEN_I64);
+    const struct golden_tensor *gpos = golden_get(&g, "logits_pos", GOLDEN_I64);
+    const struct golden_tensor *glog = golden_get(&g, "logits", GOLDEN_F32);
+    const struct golden_tensor *ggreedy = golden_get(&g, "greedy", GOLDEN_I64);
+    if (!rgb || !glay || !gpix || !gvis || !gproj || !gpack || !gprompt || !gids || !gpos || !glog || !ggreedy)
+        goto done;
+    const struct vlm_config *cfg = &m->config;
+    const int64_t d = cfg->text.hidden_size, np = cfg->vision.n_patches_side * cfg->vision.n_patches_side;
+    const int64_t V = m->w.n_vocab_rows;
+
+    /* layout: canvas, resize target, crops, unpadded and pooled maps, T_img */
+    struct vlm_image img = {.width = rgb->shape[1], .height = rgb->shape[0], .rgb = (uint8_t *)rgb->data};
+    struct img_layout lay;
+    if (!CHECK(img_compute_layout(cfg, &m->preproc, img.height, img.width, &lay) == VLM_OK)) goto done;
+    const int64_t got_lay[10] = {lay.canvas_h, lay.canvas_w, lay.resize_h, lay.resize_w, lay.n_crops,
+                                 lay.unpad_h,  lay.unpad_w,  lay.pool_h,   lay.pool_w,   lay.n_image_tokens};
+    for (int i = 0; i < 10; i++) CHECK_EQ(got_lay[i], i64_at(glay, i));
+    if (!CHECK_EQ(gpix->shape[0], lay.n_crops)) goto done;
+
+    /* pixel values */
+    if (!CHECK(img_preprocess(&img, cfg, &m->preproc, &lay, &pixels) == VLM_OK)) goto done;
+    CHECK_NEAR_TENSOR("pixel_values", pixels, gpix->data, gpix->n, TOL_PIXELS_ATOL, TOL_PIXELS_RTOL);
+
+    /* vision tower from the reference pixels */
+    vis = malloc((size_t)gvis->n * sizeof(float));
+    proj = malloc((size_t)gproj->n * sizeof(float));
+    packed = malloc((size_t)gpack->n * sizeof(float));
+    if (!CHECK(vis && proj && packed)) goto done;
+    CHECK_EQ(gvis->n, lay.n_crops * np * cfg->vision.hidden_size * cfg->n_feature_layers);
+    CHECK(vit_forward(m, gpix->data, lay.n_crops, vis) == VLM_OK);
+    CHECK_NEAR_TENSOR("vision_features", vis, gvis->data, gvis->n, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+
+    /* projector from the reference features */
+    CHECK_EQ(gproj->n, lay.n_crops * np * d);
+    CHECK(vit_project(m, gvis->data, lay.n_crops * np, proj) == VLM_OK);
+    CHECK_NEAR_TENSOR("projected", proj, gproj->data, gproj->n, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+
+    /* packing from the reference projector output */
+    if (!CHECK_EQ(gpack->n, lay.n_image_tokens * d)) goto done;
+    CHECK(img_pack_features(gproj->data, &lay, cfg->vision.n_patches_side, d, m->w.image_newline, packed) == VLM_OK);
+    CHECK_NEAR_TENSOR("packed", packed, gpack->data, gpack->n, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+
+    /* placeholder expansion */
+    int64_t n_ids;
+    if (!CHECK(vlm_prompt_expand(gprompt->data, gprompt->n, cfg->image_token_index, 1, lay.n_image_tokens, &ids,
+                                 &n_ids) == VLM_OK))
+        goto done;
+    if (!CHECK_EQ(n_ids, gids->n)) goto done;
+    CHECK(memcmp(ids, gids->data, (size_t)n_ids * sizeof(int64_t)) == 0);
+
+    /* full-prompt logits from the reference packed features */
+    emb = malloc((size_t)(n_ids * d) * sizeof(float));
+    logits = malloc((size_t)(n_ids * V) * sizeof(float));
+    if (!CHECK(emb && logits)) goto done;
+    if (!CHECK(vlm_prompt_embed(m, ids, n_ids, gpack->data, lay.n_image_tokens, emb) == VLM_OK)) goto done;
+    if (!CHECK_EQ(glog->shape[1], V)) goto done;
+    int64_t gen[20], n_gen = 0;
+    if (!CHECK(vlm_generate_greedy(m, emb, n_ids, ggreedy->n, NULL, 0, gen, &n_gen, logits, NULL, NULL) == VLM_OK))
+        goto done;
+    double worst = 0, cos_min = 1;
+    for (int64_t r = 0; r < gpos->n; r++) {
+        int64_t p = i64_at(gpos, r);
+        if (!CHECK(p >= 0 && p < n_ids)) goto done;
+        const float *ref = (const float *)glog->data + r * V;
+        char label[64];
+        snprintf(label, sizeof label, "logits[pos %lld]", (long long)p);
+        CHECK_NEAR_TENSOR(label, logits + p * V, ref, V, TOL_LOGITS_ATOL, TOL_LOGITS_RTOL);
+        double e = test_max_abs_diff(logits + p * V, ref, V), cs = test_cosine(logits + p * V, ref, V);
+        worst = e > worst ? e : worst;
+        cos_min = cs < cos_min ? cs : cos_min;
+    }
+    CHECK(cos_min >= TOL_LOGITS_MIN_COSINE);
+    if (test_verbose()) fprintf(stderr, "  %s: logits max abs %.3g, min cosine %.9f\n", c->golden, worst, cos_min);
+
+    /* greedy tokens with the KV cache */
+    CHECK_EQ(n_gen, ggreedy->n);
+    for (int64_t i = 0; i < n_gen && i < ggreedy->n; i++) CHECK_EQ(gen[i], i64_at(ggreedy, i));
+done:
+    free(pixels);
+    free(vis);
+    free(proj);
+    free(packed);
+    free(emb);
+    free(logits);
+    free(ids);
+    vlm_model_free(m);
+    golden_free(&g);
+}
+
+TEST(e2e_single_crop) { run_case(&k_cases[0]); }
+TEST(e2e_unpad_multicrop) { run_case(&k_cases[1]); }
+TEST(e2e_anyres_max_pooling) { run_case(&k_cases[2]); }
+TEST(e2e_jpeg) { run_case(&k_cases[3]); }
+
+/* The KV-cache decode must give the same tokens as recomputing the whole sequence every step. */
+TEST(e2e_kv_cache_equals_recompute) {
+    struct golden_file g;
+    struct vlm_model *m = NULL;
+    float *emb = NULL, *logits = NULL;
+    int64_t *seq = NULL;
+    if (golden_load("tests/golden/unpad_png.bin", &g) != 0) return;
+    const struct golden_tensor *gids = golden_get(&g, "input_ids", GOLDEN_I64);
+    const struct golden_tensor *gpack = golden_get(&g, "packed", GOLDEN_F32);
+    const struct golden_tensor *ggreedy = golden_get(&g, "greedy", GOLDEN_I64);
+    if (!gids || !gpack || !ggreedy) goto done;
+    if (!CHECK(vlm_model_load(test_path("tests/data/models/tiny_unpad"), &m) == VLM_OK)) goto done;
+    const int64_t d = m->config.text.hidden_size, V = m->w.n_vocab_rows, n0 = gids->n, steps = 8;
+    const int64_t n_img = gpack->n / d;
+    seq = malloc((size_t)(n0 + steps) * sizeof(int64_t));
+    emb = malloc((size_t)((n0 + steps) * d) * sizeof(float));
+    logits = malloc((size_t)V * sizeof(float));
+    if (!CHECK(seq && emb && logits)) goto done;
+    memcpy(seq, gids->data, (size_t)n0 * sizeof(int64_t));
+    for (int64_t s = 0; s < steps; s++) {
+        int64_t n = n0 + s;
+        struct kv_cache kv;
+        if (!CHECK(kv_cache_init(&kv, &m->config.text, n) == VLM_OK)) goto done;
+        CHECK(vlm_prompt_embed(m, seq, n, gpack->data, n_img, emb) == VLM_OK);
+        CHECK(qwen2_forward(m, &kv, emb, n, logits, 0) == VLM_OK);
+        kv_cache_free(&kv);
+        seq[n] = vlm_argmax(logits, V);
+        CHECK_EQ(seq[n], i64_at(ggreedy, s));
+    }
+done:
+    free(seq);
+    free(emb);
+    free(logits);
+    vlm_model_free(m);
+    golden_free(&g);
+}
