@@ -76,12 +76,26 @@ struct vlm_preproc_config {
     double rescale_factor;     /* 1/255 */
     int resample;              /* PIL filter id; 3 = BICUBIC (the only one supported) */
     bool do_rescale, do_normalize, do_convert_rgb;
+    int64_t n_pinpoints;       /* the processor's own image_grid_pinpoints; 0 when the file has none */
+    int64_t pinpoints[VLM_MAX_PINPOINTS][2]; /* (height, width); vlm_model_load requires them == config's */
 };
 
 /* Parses config.json at path. VLM_ERR_IO if missing, VLM_ERR_FORMAT (one line naming the file and the key)
- * for bad JSON, missing keys or absurd values, VLM_ERR_UNSUPPORTED for another model type. */
+ * for bad JSON, duplicate keys, missing keys or absurd values, VLM_ERR_UNSUPPORTED for another model type or a
+ * feature we do not run (sliding window, scaled RoPE, select strategy "default", non-square crops, ...).
+ * Defaults (transformers 5.24): vision_config absent -> the so400m-minus-one-layer dims; vision hidden_act
+ * gelu_pytorch_tanh, layer_norm_eps 1e-6, num_channels 3; text max_position_embeddings 32768, rms_norm_eps 1e-6,
+ * rope_theta 10000 (when neither rope_theta nor rope_parameters.rope_theta is given), hidden_act silu,
+ * tie_word_embeddings false, head_dim hidden/heads; vision_feature_layer -1; select strategy "full";
+ * vision_aspect_ratio "anyres_max_9"; image_grid_pinpoints the 36 multiples of 384; projector "gelu" with bias;
+ * image_token_index (or image_token_id) 151646. Required: text_config and its dims (hidden_size,
+ * intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, vocab_size) and, when
+ * vision_config is present, its dims. *out untouched on failure. */
 enum vlm_status vlm_config_parse(const char *path, struct vlm_config *out);
-/* Parses preprocessor_config.json; missing optional keys take the LlavaOnevision class defaults. */
+/* Parses preprocessor_config.json; missing optional keys take the LlavaOnevisionImageProcessor class defaults
+ * (size 384x384, OpenAI-CLIP mean/std, rescale 1/255, resample 3, do_* true). size may be {height, width} or
+ * {shortest_edge}. VLM_ERR_UNSUPPORTED for non-square size, resample != 3, do_resize false, do_center_crop true,
+ * crop_size != size. *out untouched on failure. */
 enum vlm_status vlm_preproc_parse(const char *path, struct vlm_preproc_config *out);
 
 /* Parameter counts implied by a config (independent of any weights file). */
@@ -94,6 +108,22 @@ struct vlm_param_count {
     int64_t lm_head;       /* 0 when tied */
     int64_t total;
 };
+/* Counts from the config alone: embedding and lm_head use text.vocab_size (the base vocabulary), not the padded
+ * row count of a checkpoint; vision counts layers 0..vlm_config_n_vit_layers-1 plus patch/position embeddings and
+ * post-LN; total also counts image_newline. c must come from vlm_config_parse (the caps keep products in int64). */
 void vlm_config_count_params(const struct vlm_config *c, struct vlm_param_count *out);
+
+/* Vision layers the selected features need: max(feature_layers) (0 when only the embeddings are selected). */
+int64_t vlm_config_n_vit_layers(const struct vlm_config *c);
+
+/* Memory needs implied by a config (implemented in model_load.c). */
+struct vlm_mem_estimate {
+    struct vlm_param_count params;
+    int64_t fp32_bytes;            /* the float32 reference weights (this runtime's arena, before vocab padding) */
+    int64_t fp16_bytes;            /* the same weights in fp16/bf16 */
+    int64_t kv_bytes_per_token_fp16; /* 2 (k, v) x n_layers x n_kv_heads x head_dim x 2 bytes */
+    int64_t kv_bytes_per_token_fp32;
+};
+void vlm_config_estimate_memory(const struct vlm_config *c, struct vlm_mem_estimate *out);
 
 #endif

@@ -24,6 +24,8 @@ static void usage(FILE *f) {
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
           "  --max-new N     generate at most N tokens (default 32)\n"
           "  --ignore-eos    do not stop at the end-of-sequence tokens of generation_config.json\n"
+          "  --info          print the model's dimensions, parameter counts and memory needs from its\n"
+          "                  config.json alone (no weights, image or prompt needed) and exit\n"
           "  -h, --help      show this help\n"
           "IMAGE is a PNG or JPEG file. PROMPT is, until the tokenizer lands, a list of token ids separated by\n"
           "spaces or commas; \"<image>\" (or the model's image token id) marks where the image goes, and without\n"
@@ -87,6 +89,38 @@ static int read_stop_ids(const char *dir, int64_t *stop, int cap) {
     return n;
 }
 
+/* --info: what a checkpoint is and what it needs, from config.json alone (so it also works for configs of
+ * models too large for this machine). Prints to stdout; one error line and 1 on failure. */
+static int print_info(const char *dir) {
+    char path[4096];
+    struct vlm_config c;
+    if (!vlm_path_join(path, sizeof path, dir, "config.json")) {
+        vlm_log_error("%s: path too long", dir);
+        return 1;
+    }
+    if (vlm_config_parse(path, &c) != VLM_OK) return 1;
+    struct vlm_mem_estimate e;
+    vlm_config_estimate_memory(&c, &e);
+    const struct vlm_text_config *t = &c.text;
+    const struct vlm_vision_config *v = &c.vision;
+    const double M = 1e6, GB = 1e9;
+    printf("model: %s\n", dir);
+    printf("text: qwen2 hidden %lld, layers %lld, heads %lld, kv heads %lld, head_dim %lld, ffn %lld, vocab %lld, "
+           "tied head %s, rope_theta %g\n", (long long)t->hidden_size, (long long)t->n_layers, (long long)t->n_heads,
+           (long long)t->n_kv_heads, (long long)t->head_dim, (long long)t->intermediate_size, (long long)t->vocab_size,
+           t->tie_word_embeddings ? "yes" : "no", (double)t->rope_theta);
+    printf("vision: siglip hidden %lld, layers %lld (%lld used), heads %lld, ffn %lld, image %lld, patch %lld\n",
+           (long long)v->hidden_size, (long long)v->n_layers, (long long)vlm_config_n_vit_layers(&c),
+           (long long)v->n_heads, (long long)v->intermediate_size, (long long)v->image_size, (long long)v->patch_size);
+    printf("params: vision %.1f M, projector %.2f M, text linear %.1f M, text norms+biases %.2f M, embedding %.1f M, "
+           "lm_head %.1f M, total %.1f M\n", e.params.vision / M, e.params.projector / M, e.params.text_linear / M,
+           e.params.text_other / M, e.params.embedding / M, e.params.lm_head / M, e.params.total / M);
+    printf("memory: fp32 weights %.2f GB, fp16 weights %.2f GB, kv cache %lld B/token fp16 (%.2f GB at 8192 "
+           "tokens)\n", e.fp32_bytes / GB, e.fp16_bytes / GB, (long long)e.kv_bytes_per_token_fp16,
+           e.kv_bytes_per_token_fp16 * 8192.0 / GB);
+    return 0;
+}
+
 static int print_token(int64_t id, void *user) {
     int *first = user;
     printf(*first ? "%lld" : " %lld", (long long)id);
@@ -98,7 +132,7 @@ static int print_token(int64_t id, void *user) {
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *image_path = NULL, *prompt = NULL;
     long long max_new = 32;
-    int ignore_eos = 0;
+    int ignore_eos = 0, info = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -115,6 +149,8 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = 1;
+        } else if (!strcmp(a, "--info")) {
+            info = 1;
         } else if (a[0] == '-' && a[1]) {
             fprintf(stderr, "vlmrun: unknown option %s\n", a);
             usage(stderr);
@@ -128,6 +164,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    if (info && model_dir) return print_info(model_dir);
     if (!model_dir || !image_path || !prompt) {
         usage(stderr);
         return 2;
@@ -163,7 +200,7 @@ int main(int argc, char **argv) {
     struct img_layout lay;
     if (vlm_image_encode(m, &img, &lay, &feats) != VLM_OK) goto done;
     double t1 = vlm_time_ms();
-    vlm_log_info("image %lldx%lld: %lld crops, %lld image tokens, vision encode %.1f ms", (long long)img.width,
+    vlm_log_info("image %lld x %lld (w x h): %lld crops, %lld image tokens, vision encode %.1f ms", (long long)img.width,
                  (long long)img.height, (long long)lay.n_crops, (long long)lay.n_image_tokens, t1 - t0);
     int64_t n_full;
     if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) goto done;
@@ -173,13 +210,16 @@ int main(int argc, char **argv) {
     if (vlm_prompt_embed(m, full, n_full, feats, lay.n_image_tokens, emb) != VLM_OK) goto done;
     int first = 1;
     int64_t n_gen = 0;
-    double t2 = vlm_time_ms();
-    if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL, print_token, &first) != VLM_OK)
+    struct vlm_gen_stats gs;
+    if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL, print_token, &first, &gs) !=
+        VLM_OK)
         goto done;
-    double t3 = vlm_time_ms();
     printf("\n");
-    vlm_log_info("prompt %lld tokens, %lld generated in %.1f ms (prefill + decode, reference fp32 CPU path)",
-                 (long long)n_full, (long long)n_gen, t3 - t2);
+    /* the first token comes out of the prefill pass; the other n_gen - 1 are decode steps */
+    vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); "
+                 "fp32 reference CPU path", (long long)n_full, gs.prefill_ms, n_full / (gs.prefill_ms * 1e-3),
+                 (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms,
+                 n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0);
     rc = 0;
 done:
     free(ids);

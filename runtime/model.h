@@ -4,10 +4,24 @@
 #ifndef VLM_MODEL_H
 #define VLM_MODEL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "config.h"
 #include "vlm.h"
+
+/* Tensor naming schemes of spec §9, told apart by where embed_tokens lives. */
+enum vlm_name_scheme {
+    VLM_NAMES_LEGACY, /* published llava-hf and transformers 5.x save_pretrained: language_model.model.*,
+                         language_model.lm_head.weight, multi_modal_projector.linear_{1,2}.*, image_newline,
+                         vision_tower.vision_model.* (published) or vision_tower.* (5.x save) */
+    VLM_NAMES_MODULE, /* newer transformers module tree: model.language_model.* (no inner .model), lm_head.weight,
+                         model.multi_modal_projector.*, model.image_newline, model.vision_tower[.vision_model].* */
+    VLM_NAMES_LMMS,   /* original lmms-lab: model.embed_tokens / model.layers.* / model.norm, lm_head.weight,
+                         model.mm_projector.{0,2}.*, model.image_newline,
+                         model.vision_tower.vision_tower.vision_model.* */
+};
+const char *vlm_name_scheme_str(enum vlm_name_scheme s);
 
 struct vit_layer_weights {
     float *ln1_w, *ln1_b;       /* (hidden) */
@@ -54,8 +68,27 @@ struct vlm_model {
     struct vlm_preproc_config preproc;
     struct vlm_weights w;
     float *arena;               /* the one block the weight views point into */
-    size_t arena_floats;
+    size_t arena_floats;        /* = parameters loaded (a tied lm_head counted once) */
     char *dir;                  /* checkpoint directory, for messages */
+    /* what the loader found, for the summary line and tests */
+    enum vlm_name_scheme scheme;
+    const char *vision_prefix;  /* e.g. "vision_tower.vision_model." (static storage) */
+    bool lm_head_tied;          /* no lm_head tensor: w.lm_head == w.embed */
+    const char *file_dtype;     /* "F16", "BF16", "F32" or "mixed" (static storage) */
+    int n_files;                /* safetensors files (shards) read */
 };
+
+/* Contract of vlm_model_load (include/vlm.h), in detail: parses dir/config.json and dir/preprocessor_config.json
+ * (size must equal vision image_size, its pinpoints, if any, must equal the config's), opens the checkpoint
+ * (st_checkpoint_open), detects the naming scheme, checks that every tensor it needs exists with exactly the
+ * expected shape and a F32/F16/BF16 dtype, applies the tying rule of spec §9 (lm_head tensor if present; else embed
+ * when text_config.tie_word_embeddings; else a format error), converts everything to float32 into one arena and
+ * rejects NaN/Inf. Vision layers beyond max(feature_layers) and post_layernorm are not loaded. Embedding rows may
+ * exceed text.vocab_size (padding); lm_head rows must equal them. Prints one summary line on stderr.
+ * Status: VLM_ERR_ARG (NULL), VLM_ERR_IO (missing files), VLM_ERR_FORMAT (bad files, shapes, values),
+ * VLM_ERR_UNSUPPORTED (model type, dtype, features), VLM_ERR_OOM (the arena; the message says how much). */
+
+/* The one-line load summary (params, bytes, file dtype, scheme, backend) on stderr. */
+void vlm_model_log_summary(const struct vlm_model *m);
 
 #endif

@@ -97,7 +97,8 @@ int64_t vlm_argmax(const float *x, int64_t n) {
 
 enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
-                                    float *prefill_logits, vlm_token_cb cb, void *user) {
+                                    float *prefill_logits, vlm_token_cb cb, void *user,
+                                    struct vlm_gen_stats *stats) {
     const int64_t V = m->w.n_vocab_rows, d = m->config.text.hidden_size;
     struct kv_cache kv;
     if (max_new < 0 || n <= 0) {
@@ -113,12 +114,14 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
         st = VLM_ERR_OOM;
         goto done;
     }
+    double t0 = vlm_time_ms(), t1 = t0;
     if (prefill_logits) {
         if ((st = qwen2_forward(m, &kv, emb, n, prefill_logits, 1)) != VLM_OK) goto done;
         memcpy(logits, prefill_logits + (n - 1) * V, (size_t)V * sizeof(float));
     } else if ((st = qwen2_forward(m, &kv, emb, n, logits, 0)) != VLM_OK) {
         goto done;
     }
+    t1 = vlm_time_ms();
     while (n_gen < max_new) {
         int64_t id = vlm_argmax(logits, V);
         out_tokens[n_gen++] = id;
@@ -129,6 +132,7 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
         if ((st = qwen2_forward(m, &kv, x, 1, logits, 0)) != VLM_OK) goto done;
     }
     *n_out = n_gen;
+    if (stats) *stats = (struct vlm_gen_stats){.prefill_ms = t1 - t0, .decode_ms = vlm_time_ms() - t1};
 done:
     free(logits);
     free(x);

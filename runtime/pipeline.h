@@ -26,12 +26,20 @@ enum vlm_status vlm_prompt_embed(const struct vlm_model *m, const int64_t *ids, 
 /* Called with each generated token id as soon as it is chosen; return non-zero to stop. */
 typedef int (*vlm_token_cb)(int64_t id, void *user);
 
+/* Wall-clock split of one generation. */
+struct vlm_gen_stats {
+    double prefill_ms;   /* the prompt forward pass, up to the first token's logits */
+    double decode_ms;    /* every later step */
+};
+
 /* Prefills emb (n, d) into a fresh cache sized n + max_new and decodes greedily up to max_new tokens
  * (argmax, lowest id wins ties), stopping after a token in stop_ids. out_tokens (max_new) receives the
- * tokens, *n_out their count. prefill_logits, when non-NULL, receives (n, n_vocab_rows) logits of the prompt. */
+ * tokens, *n_out their count. prefill_logits, when non-NULL, receives (n, n_vocab_rows) logits of the prompt.
+ * stats, when non-NULL, receives the timings. */
 enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
-                                    float *prefill_logits, vlm_token_cb cb, void *user);
+                                    float *prefill_logits, vlm_token_cb cb, void *user,
+                                    struct vlm_gen_stats *stats);
 
 /* Index of the largest value (first on ties), as torch.argmax. */
 int64_t vlm_argmax(const float *x, int64_t n);

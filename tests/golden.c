@@ -55,15 +55,20 @@ int golden_load(const char *rel_path, struct golden_file *out) {
         size_t esz = dtype == GOLDEN_U8 ? 1 : dtype == GOLDEN_I64 ? 8 : 4;
         if (n > (int64_t)((len - off) / esz)) goto bad;
         t->n = n;
-        t->data = b + off;
+        /* records follow names of any length, so copy each into its own (malloc-aligned) block */
+        void *copy = malloc((size_t)n * esz + 1);
+        if (!copy) goto bad;
+        memcpy(copy, b + off, (size_t)n * esz);
+        t->data = copy;
+        out->n = (int)r + 1;
         off += (size_t)n * esz;
     }
     if (off != len) goto bad;
-    out->n = (int)n_rec;
-    out->buf = b;
+    free(b);
     return 0;
 bad:
     free(b);
+    golden_free(out);
     FAIL("golden file %s is malformed", path);
     return -1;
 }
@@ -84,7 +89,6 @@ const struct golden_tensor *golden_get(const struct golden_file *g, const char *
 
 void golden_free(struct golden_file *g) {
     if (!g) return;
-    free(g->buf);
-    g->buf = NULL;
+    for (int i = 0; i < g->n; i++) free((void *)g->t[i].data);
     g->n = 0;
 }

@@ -18,13 +18,12 @@ struct golden_tensor {
     int n_dims;
     int64_t shape[8];
     int64_t n;          /* number of elements */
-    const void *data;   /* into the file buffer */
+    const void *data;   /* malloc'd copy, aligned for any element type */
 };
 
 struct golden_file {
     int n;
     struct golden_tensor t[64];
-    void *buf;
 };
 
 /* Loads path (relative to the repo root). Returns 0, or -1 after recording a test failure. */

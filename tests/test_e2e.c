@@ -25,6 +25,8 @@ static const struct e2e_case k_cases[] = {
     {"tests/golden/unpad_png.bin", "tests/data/models/tiny_unpad"},
     {"tests/golden/pool_png.bin", "tests/data/models/tiny_pool"},
     {"tests/golden/jpeg.bin", "tests/data/models/tiny_unpad"},
+    /* head_dim 72 tower, two feature layers concatenated, GQA 7:1, CLIP mean/std, column unpad + pooling */
+    {"tests/golden/odd_png.bin", "tests/data/models/tiny_odd"},
 };
 
 static int64_t i64_at(const struct golden_tensor *t, int64_t i) { return ((const int64_t *)t->data)[i]; }
@@ -102,7 +104,7 @@ static void run_case(const struct e2e_case *c) {
     if (!CHECK(vlm_prompt_embed(m, ids, n_ids, gpack->data, lay.n_image_tokens, emb) == VLM_OK)) goto done;
     if (!CHECK_EQ(glog->shape[1], V)) goto done;
     int64_t gen[20], n_gen = 0;
-    if (!CHECK(vlm_generate_greedy(m, emb, n_ids, ggreedy->n, NULL, 0, gen, &n_gen, logits, NULL, NULL) == VLM_OK))
+    if (!CHECK(vlm_generate_greedy(m, emb, n_ids, ggreedy->n, NULL, 0, gen, &n_gen, logits, NULL, NULL, NULL) == VLM_OK))
         goto done;
     double worst = 0, cos_min = 1;
     for (int64_t r = 0; r < gpos->n; r++) {
@@ -138,6 +140,7 @@ TEST(e2e_single_crop) { run_case(&k_cases[0]); }
 TEST(e2e_unpad_multicrop) { run_case(&k_cases[1]); }
 TEST(e2e_anyres_max_pooling) { run_case(&k_cases[2]); }
 TEST(e2e_jpeg) { run_case(&k_cases[3]); }
+TEST(e2e_odd_shapes) { run_case(&k_cases[4]); }
 
 /* The KV-cache decode must give the same tokens as recomputing the whole sequence every step. */
 TEST(e2e_kv_cache_equals_recompute) {
@@ -174,4 +177,42 @@ done:
     free(logits);
     vlm_model_free(m);
     golden_free(&g);
+}
+
+/* Every SigLIP hidden state (0 = embeddings, i = output of layer i) against transformers' hidden_states list, by
+ * asking a copy of the model for that single layer's features: a mismatch names the first layer that drifts. */
+static void check_vision_hidden(const char *golden, const char *model) {
+    struct golden_file g;
+    struct vlm_model *m = NULL;
+    float *out = NULL;
+    if (golden_load(golden, &g) != 0) return;
+    const struct golden_tensor *gpix = golden_get(&g, "pixel_values", GOLDEN_F32);
+    if (!gpix || !CHECK(vlm_model_load(test_path(model), &m) == VLM_OK)) goto done;
+    const int64_t n_crops = gpix->shape[0];
+    for (int i = 0; i <= m->config.vision.n_layers; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "vision_hidden_%d", i);
+        const struct golden_tensor *ref = golden_get(&g, name, GOLDEN_F32);
+        if (!ref) break;
+        struct vlm_model one = *m;
+        one.config.n_feature_layers = 1;
+        one.config.feature_layers[0] = i;
+        one.w.n_vit_layers = i; /* layers past the selected one are not needed */
+        free(out);
+        out = malloc((size_t)ref->n * sizeof(float));
+        const int64_t P = m->config.vision.n_patches_side;
+        if (!CHECK(out != NULL) || !CHECK_EQ(ref->n, n_crops * P * P * m->config.vision.hidden_size)) break;
+        CHECK(vit_forward(&one, gpix->data, n_crops, out) == VLM_OK);
+        CHECK_NEAR_TENSOR(name, out, ref->data, ref->n, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+    }
+done:
+    free(out);
+    vlm_model_free(m);
+    golden_free(&g);
+}
+
+TEST(e2e_vision_hidden_states) {
+    check_vision_hidden("tests/golden/single_png.bin", "tests/data/models/tiny_single");
+    check_vision_hidden("tests/golden/unpad_png.bin", "tests/data/models/tiny_unpad");
+    check_vision_hidden("tests/golden/odd_png.bin", "tests/data/models/tiny_odd");
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -104,8 +105,8 @@ const char *test_path(const char *rel) {
     return b;
 }
 
-const char *test_tmpdir(void) {
-    static char buf[600];
+/* The per-run root directory (created on first use, removed at exit). */
+static const char *tmp_root(void) {
     if (!g_tmp_root[0]) {
         const char *t = getenv("TMPDIR");
         snprintf(g_tmp_root, sizeof g_tmp_root, "%s/vlmtest.XXXXXX", t && *t ? t : "/tmp");
@@ -114,19 +115,29 @@ const char *test_tmpdir(void) {
             exit(2);
         }
     }
-    snprintf(buf, sizeof buf, "%s/%d", g_tmp_root, ++g_tmp_seq);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", buf);
-    if (system(cmd) != 0) {
-        perror("mkdir");
+    return g_tmp_root;
+}
+
+const char *test_tmpdir(void) {
+    /* Each call returns its own string (kept until exit), so earlier results stay valid. */
+    static char bufs[256][600];
+    if (g_tmp_seq >= 256) {
+        fprintf(stderr, "test: too many temporary directories\n");
+        exit(2);
+    }
+    char *buf = bufs[g_tmp_seq];
+    snprintf(buf, sizeof bufs[0], "%s/%d", tmp_root(), g_tmp_seq + 1);
+    g_tmp_seq++;
+    if (mkdir(buf, 0700) != 0) {
+        perror(buf);
         exit(2);
     }
     return buf;
 }
 
 int test_run_cmd(const char *cmdline, char *err_buf, size_t cap) {
-    char errfile[700], full[4096];
-    snprintf(errfile, sizeof errfile, "%s/stderr.txt", test_tmpdir());
+    char errfile[700], full[8192];
+    snprintf(errfile, sizeof errfile, "%s/stderr.txt", tmp_root());
     snprintf(full, sizeof full, "%s 2>'%s'", cmdline, errfile);
     int rc = system(full);
     if (err_buf && cap) {

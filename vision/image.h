@@ -45,7 +45,9 @@ struct img_layout {
     int64_t resize_h, resize_w;      /* aspect-preserving resize target inside the canvas */
     int64_t pad_top, pad_left;
     int64_t n_crops;                 /* 1 + grid_h*grid_w */
+    int64_t patches_side;            /* P: feature rows/cols per crop (vision n_patches_side) */
     int64_t unpad_h, unpad_w;        /* feature map after unpad (rows, cols) */
+    int64_t unpad_top, unpad_left;   /* first kept row/col of the (P*grid_h, P*grid_w) map */
     int64_t pool_h, pool_w;          /* after anyres_max pooling (== unpad when not pooled) */
     int pooled;                      /* 1 when the bilinear down-sampling applies */
     int64_t n_image_tokens;          /* P^2 + pool_h * (pool_w + 1) */

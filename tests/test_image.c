@@ -1,0 +1,569 @@
+/* test_image.c — image decoding (vision/image_decode.c): every PNG colour type we can produce, alpha compositing
+ * against PIL's integer formula for all 65536 (value, alpha) pairs, JPEG, and the hostile inputs of targets.md §6.3
+ * (truncated, random, empty, missing, other formats, decompression bombs claimed in the header, oversized files).
+ * Test images are written at runtime: stb_image_write for ordinary PNG/JPEG, hand-built chunks (own CRC-32) for
+ * palette/tRNS/16-bit PNGs and forged headers. The fixture images in tests/data/images are compared with the
+ * decoded pixels PIL produced (tests/golden/<case>.bin, record image_rgb). */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "golden.h"
+#include "runtime/util.h"
+#include "test.h"
+#include "vision/image.h"
+
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wshadow"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#include <stb/stb_image_write.h>
+#pragma GCC diagnostic pop
+
+/* JPEG (libjpeg-turbo in PIL vs stb_image) may differ by a few levels per sample (spec §5.2). Measured on
+ * tests/data/images/photo_60x45.jpg and on PIL-written random JPEGs: max 2, mean < 0.1. */
+#define TOL_JPEG_MAX_ABS 3
+#define TOL_JPEG_MEAN_ABS 0.25
+
+/* ---------------------------------------------------------------------------------------------------------
+ * helpers */
+
+static uint32_t lcg_state = 12345;
+static uint8_t rnd8(void) {
+    lcg_state = lcg_state * 1664525u + 1013904223u;
+    return (uint8_t)(lcg_state >> 24);
+}
+
+static void write_file(const char *path, const void *data, size_t len) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, len, f) != len) FAIL("cannot write %s", path);
+    if (f) fclose(f);
+}
+
+static const char *tmp_file(const char *name) {
+    static char bufs[8][800];
+    static int k;
+    char *b = bufs[k++ & 7];
+    snprintf(b, sizeof bufs[0], "%s/%s", test_tmpdir(), name);
+    return b;
+}
+
+/* stderr capture, to check the one-line error messages */
+struct err_capture {
+    int saved_fd;
+    char path[800];
+};
+static void capture_begin(struct err_capture *c) {
+    fflush(stderr);
+    snprintf(c->path, sizeof c->path, "%s/stderr.txt", test_tmpdir());
+    int fd = open(c->path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    c->saved_fd = dup(2);
+    if (fd >= 0) {
+        dup2(fd, 2);
+        close(fd);
+    }
+}
+static void capture_end(struct err_capture *c, char *buf, size_t cap) {
+    fflush(stderr);
+    dup2(c->saved_fd, 2);
+    close(c->saved_fd);
+    buf[0] = 0;
+    FILE *f = fopen(c->path, "rb");
+    if (f) {
+        size_t n = fread(buf, 1, cap - 1, f);
+        buf[n] = 0;
+        fclose(f);
+    }
+}
+
+/* Loads path expecting failure `want`: *out must stay untouched and stderr must hold exactly one line that starts
+ * with "vlmrun: error: ", names the file and contains `needle` (when non-NULL). */
+static void expect_load_error(const char *path, enum vlm_status want, const char *needle) {
+    struct vlm_image img = {.width = -7, .height = -9, .rgb = (uint8_t *)&img};
+    struct err_capture cap;
+    char msg[2048];
+    capture_begin(&cap);
+    enum vlm_status st = img_load(path, &img);
+    capture_end(&cap, msg, sizeof msg);
+    if (!CHECK_EQ(st, want)) fprintf(stderr, "  (%s) message: %s", path, msg);
+    CHECK(img.width == -7 && img.height == -9 && img.rgb == (uint8_t *)&img);
+    if (st == VLM_OK) img_free(&img);
+    CHECK(strncmp(msg, "vlmrun: error: ", 15) == 0);
+    CHECK(strstr(msg, path) != NULL);
+    const char *nl = strchr(msg, '\n');
+    CHECK(nl != NULL && nl[1] == '\0');
+    if (needle && !CHECK(strstr(msg, needle) != NULL)) fprintf(stderr, "  message was: %s", msg);
+}
+
+static void expect_memory_error(const uint8_t *buf, size_t len, enum vlm_status want, const char *needle) {
+    const char *path = tmp_file("bad.img");
+    write_file(path, buf, len);
+    expect_load_error(path, want, needle);
+}
+
+/* PIL's AlphaComposite.c for one channel, destination opaque white (dst alpha 255), written out in its general
+ * integer form (7 precision bits, SHIFTFORDIV255 divisions) — independent of the shortcut the decoder uses. */
+static uint8_t pil_over_white(uint32_t v, uint32_t a) {
+    if (a == 0) return 255;
+    const uint32_t dst = 255, dst_a = 255;
+    uint32_t blend = dst_a * (255 - a);
+    uint32_t outa255 = a * 255 + blend;
+    uint32_t coef1 = a * 255 * 255 * (1u << 7) / outa255;
+    uint32_t coef2 = 255 * (1u << 7) - coef1;
+    uint32_t tmp = v * coef1 + dst * coef2 + (0x80u << 7);
+    return (uint8_t)((((tmp >> 8) + tmp) >> 8) >> 7);
+}
+
+/* --- hand-built PNGs ---------------------------------------------------------------------------------- */
+
+struct bytes {
+    uint8_t *p;
+    size_t n, cap;
+};
+static void put(struct bytes *b, const void *d, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 64;
+        b->p = realloc(b->p, b->cap);
+        VLM_ASSERT(b->p != NULL);
+    }
+    memcpy(b->p + b->n, d, n);
+    b->n += n;
+}
+static void put_be32(struct bytes *b, uint32_t v) {
+    uint8_t q[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    put(b, q, 4);
+}
+static uint32_t crc32_png(const uint8_t *d, size_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= d[i];
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+static void put_chunk(struct bytes *b, const char *type, const uint8_t *d, size_t n) {
+    put_be32(b, (uint32_t)n);
+    size_t at = b->n;
+    put(b, type, 4);
+    if (n) put(b, d, n);
+    put_be32(b, crc32_png(b->p + at, n + 4));
+}
+/* PNG with the given IHDR fields; raw = unfiltered scanlines without filter bytes (row_bytes each), may be NULL
+ * for a header-only file (no IDAT/IEND). plte/trns optional. */
+static struct bytes make_png(uint32_t w, uint32_t h, uint8_t depth, uint8_t color, const uint8_t *raw,
+                             size_t row_bytes, const uint8_t *plte, size_t plte_n, const uint8_t *trns,
+                             size_t trns_n) {
+    struct bytes b = {0};
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+    put(&b, sig, 8);
+    uint8_t ihdr[13] = {(uint8_t)(w >> 24), (uint8_t)(w >> 16), (uint8_t)(w >> 8), (uint8_t)w,
+                        (uint8_t)(h >> 24), (uint8_t)(h >> 16), (uint8_t)(h >> 8), (uint8_t)h,
+                        depth, color, 0, 0, 0};
+    put_chunk(&b, "IHDR", ihdr, 13);
+    if (plte) put_chunk(&b, "PLTE", plte, plte_n);
+    if (trns) put_chunk(&b, "tRNS", trns, trns_n);
+    if (raw) {
+        size_t n = (size_t)h * (row_bytes + 1);
+        uint8_t *filt = calloc(n, 1);
+        for (uint32_t y = 0; y < h; y++) memcpy(filt + y * (row_bytes + 1) + 1, raw + y * row_bytes, row_bytes);
+        int zlen = 0;
+        uint8_t *z = stbi_zlib_compress(filt, (int)n, &zlen, 8);
+        put_chunk(&b, "IDAT", z, (size_t)zlen);
+        free(z);
+        free(filt);
+        put_chunk(&b, "IEND", NULL, 0);
+    }
+    return b;
+}
+
+static bool decode_ok(const uint8_t *buf, size_t len, struct vlm_image *img) {
+    enum vlm_status st = img_decode_memory(buf, len, "memory", img);
+    return CHECK_EQ(st, VLM_OK);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * well-formed images */
+
+TEST(image_decode_png_rgb_exact) {
+    const int w = 37, h = 23;
+    uint8_t src[23 * 37 * 3];
+    for (size_t i = 0; i < sizeof src; i++) src[i] = rnd8();
+    const char *path = tmp_file("rgb.png");
+    CHECK(stbi_write_png(path, w, h, 3, src, w * 3));
+    struct vlm_image img;
+    if (!CHECK_EQ(img_load(path, &img), VLM_OK)) return;
+    CHECK_EQ(img.width, w);
+    CHECK_EQ(img.height, h);
+    CHECK(memcmp(img.rgb, src, sizeof src) == 0); /* row 0 is the top row: never flipped */
+    img_free(&img);
+    CHECK(img.rgb == NULL && img.width == 0);
+    img_free(&img); /* twice is fine */
+    img_free(NULL);
+}
+
+TEST(image_decode_png_grey_is_rgb_equal) {
+    const int w = 19, h = 11;
+    uint8_t src[11 * 19];
+    for (size_t i = 0; i < sizeof src; i++) src[i] = rnd8();
+    int len;
+    uint8_t *png = stbi_write_png_to_mem(src, w, w, h, 1, &len);
+    struct vlm_image img;
+    if (decode_ok(png, (size_t)len, &img)) {
+        int bad = 0;
+        for (int i = 0; i < w * h; i++)
+            bad += img.rgb[3 * i] != src[i] || img.rgb[3 * i + 1] != src[i] || img.rgb[3 * i + 2] != src[i];
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png);
+}
+
+/* All 65536 (value, alpha) pairs in one RGBA image, and the same through grey+alpha. */
+TEST(image_decode_alpha_all_pairs_match_pil) {
+    uint8_t *rgba = malloc(256 * 256 * 4), *la = malloc(256 * 256 * 2);
+    for (int a = 0; a < 256; a++) {
+        for (int v = 0; v < 256; v++) {
+            uint8_t *p = rgba + 4 * (a * 256 + v);
+            p[0] = (uint8_t)v, p[1] = (uint8_t)(255 - v), p[2] = (uint8_t)(v ^ 0x5a), p[3] = (uint8_t)a;
+            la[2 * (a * 256 + v)] = (uint8_t)v, la[2 * (a * 256 + v) + 1] = (uint8_t)a;
+        }
+    }
+    int len;
+    uint8_t *png = stbi_write_png_to_mem(rgba, 256 * 4, 256, 256, 4, &len);
+    struct vlm_image img;
+    if (decode_ok(png, (size_t)len, &img)) {
+        int bad = 0;
+        for (int i = 0; i < 256 * 256; i++)
+            for (int ch = 0; ch < 3; ch++) bad += img.rgb[3 * i + ch] != pil_over_white(rgba[4 * i + ch], rgba[4 * i + 3]);
+        CHECK_EQ(bad, 0);
+        /* spot values worked out by hand from the formula: (v, a) = (0, 128) -> round(255*127/255) = 127 */
+        CHECK_EQ(img.rgb[3 * (128 * 256 + 0)], 127);
+        CHECK_EQ(img.rgb[3 * (0 * 256 + 77)], 255);   /* fully transparent -> white */
+        CHECK_EQ(img.rgb[3 * (255 * 256 + 77)], 77);  /* opaque -> unchanged */
+        img_free(&img);
+    }
+    free(png);
+    png = stbi_write_png_to_mem(la, 256 * 2, 256, 256, 2, &len);
+    if (decode_ok(png, (size_t)len, &img)) {
+        int bad = 0;
+        for (int i = 0; i < 256 * 256; i++) {
+            uint8_t want = pil_over_white(la[2 * i], la[2 * i + 1]);
+            bad += img.rgb[3 * i] != want || img.rgb[3 * i + 1] != want || img.rgb[3 * i + 2] != want;
+        }
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png);
+    free(rgba);
+    free(la);
+}
+
+/* Palette with tRNS (PIL: mode P + transparency -> RGBA -> composite), colour-key tRNS on RGB and grey (key
+ * pixels become white, the others stay), plain palette, 16-bit RGB (high byte). Checked against PIL 13 +
+ * transformers' convert_to_rgb while writing this test. */
+TEST(image_decode_png_palette_trns_and_16bit) {
+    enum { W = 5, H = 3 };
+    uint8_t plte[4 * 3] = {10, 20, 30, 200, 100, 0, 0, 0, 255, 90, 90, 90};
+    uint8_t trns[3] = {255, 0, 128}; /* entry 3 has no alpha entry: opaque */
+    uint8_t idx[H * W];
+    for (int i = 0; i < H * W; i++) idx[i] = (uint8_t)(i % 4);
+    struct vlm_image img;
+
+    struct bytes png = make_png(W, H, 8, 3, idx, W, plte, sizeof plte, trns, sizeof trns);
+    if (decode_ok(png.p, png.n, &img)) {
+        int bad = 0;
+        for (int i = 0; i < H * W; i++) {
+            int k = idx[i];
+            uint32_t a = k < 3 ? trns[k] : 255;
+            for (int ch = 0; ch < 3; ch++) bad += img.rgb[3 * i + ch] != pil_over_white(plte[3 * k + ch], a);
+        }
+        CHECK_EQ(bad, 0);
+        CHECK(img.rgb[3] == 255 && img.rgb[4] == 255 && img.rgb[5] == 255); /* pixel 1 = entry 1, alpha 0 */
+        img_free(&img);
+    }
+    free(png.p);
+
+    png = make_png(W, H, 8, 3, idx, W, plte, sizeof plte, NULL, 0); /* no tRNS: plain lookup */
+    if (decode_ok(png.p, png.n, &img)) {
+        int bad = 0;
+        for (int i = 0; i < H * W; i++) bad += memcmp(img.rgb + 3 * i, plte + 3 * idx[i], 3) != 0;
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png.p);
+
+    uint8_t rgb[H * W * 3];
+    for (int i = 0; i < H * W; i++) rgb[3 * i] = (uint8_t)(i % 2 ? 60 : 7), rgb[3 * i + 1] = 120, rgb[3 * i + 2] = 0;
+    uint8_t key_rgb[6] = {0, 60, 0, 120, 0, 0}; /* 16-bit samples (60, 120, 0) */
+    png = make_png(W, H, 8, 2, rgb, W * 3, NULL, 0, key_rgb, 6);
+    if (decode_ok(png.p, png.n, &img)) {
+        int bad = 0;
+        for (int i = 0; i < H * W; i++) {
+            const uint8_t white[3] = {255, 255, 255};
+            bad += memcmp(img.rgb + 3 * i, i % 2 ? white : rgb + 3 * i, 3) != 0;
+        }
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png.p);
+
+    uint8_t grey[H * W];
+    for (int i = 0; i < H * W; i++) grey[i] = (uint8_t)(i % 3 ? 100 : 50);
+    uint8_t key_grey[2] = {0, 100};
+    png = make_png(W, H, 8, 0, grey, W, NULL, 0, key_grey, 2);
+    if (decode_ok(png.p, png.n, &img)) {
+        int bad = 0;
+        for (int i = 0; i < H * W; i++) {
+            uint8_t want = i % 3 ? 255 : 50;
+            bad += img.rgb[3 * i] != want || img.rgb[3 * i + 1] != want || img.rgb[3 * i + 2] != want;
+        }
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png.p);
+
+    uint8_t rgb16[H * W * 6];
+    for (size_t i = 0; i < sizeof rgb16; i++) rgb16[i] = rnd8();
+    png = make_png(W, H, 16, 2, rgb16, W * 6, NULL, 0, NULL, 0);
+    if (decode_ok(png.p, png.n, &img)) {
+        int bad = 0;
+        for (int i = 0; i < H * W * 3; i++) bad += img.rgb[i] != rgb16[2 * i]; /* big-endian high byte */
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(png.p);
+}
+
+TEST(image_decode_jpeg_rgb_and_grey) {
+    enum { W = 48, H = 32 };
+    uint8_t src[H * W * 3], grey[H * W];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            uint8_t *p = src + 3 * (y * W + x);
+            p[0] = (uint8_t)(x * 5), p[1] = (uint8_t)(y * 7), p[2] = (uint8_t)(128 + x - y);
+            grey[y * W + x] = (uint8_t)(x * 4 + y);
+        }
+    const char *path = tmp_file("smooth.jpg");
+    CHECK(stbi_write_jpg(path, W, H, 3, src, 100));
+    struct vlm_image img;
+    if (CHECK_EQ(img_load(path, &img), VLM_OK)) {
+        CHECK(img.width == W && img.height == H);
+        int max = 0;
+        for (int i = 0; i < W * H * 3; i++) {
+            int d = abs((int)img.rgb[i] - (int)src[i]);
+            if (d > max) max = d;
+        }
+        CHECK(max <= 12); /* quality 100 (stb writes 4:4:4 above 90): lossy, but close */
+        img_free(&img);
+    }
+    path = tmp_file("grey.jpg");
+    CHECK(stbi_write_jpg(path, W, H, 1, grey, 95));
+    if (CHECK_EQ(img_load(path, &img), VLM_OK)) {
+        int bad = 0, max = 0;
+        for (int i = 0; i < W * H; i++) {
+            bad += img.rgb[3 * i] != img.rgb[3 * i + 1] || img.rgb[3 * i] != img.rgb[3 * i + 2];
+            int d = abs((int)img.rgb[3 * i] - (int)grey[i]);
+            if (d > max) max = d;
+        }
+        CHECK_EQ(bad, 0);
+        CHECK(max <= 12);
+        img_free(&img);
+    }
+}
+
+/* The fixture PNGs decode to exactly PIL's pixels; the fixture JPEG within the decoder tolerance. */
+TEST(image_decode_fixtures_match_pil) {
+    static const struct {
+        const char *golden, *image;
+        bool exact;
+    } cases[] = {
+        {"tests/golden/single_png.bin", "tests/data/images/single_40x50.png", true},
+        {"tests/golden/unpad_png.bin", "tests/data/images/unpad_70x150.png", true},
+        {"tests/golden/pool_png.bin", "tests/data/images/pool_140x260.png", true},
+        {"tests/golden/jpeg.bin", "tests/data/images/photo_60x45.jpg", false},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct golden_file g;
+        if (golden_load(cases[c].golden, &g) != 0) continue;
+        const struct golden_tensor *ref = golden_get(&g, "image_rgb", GOLDEN_U8);
+        struct vlm_image img;
+        if (ref && CHECK(ref->n_dims == 3 && ref->shape[2] == 3) &&
+            CHECK_EQ(img_load(test_path(cases[c].image), &img), VLM_OK)) {
+            CHECK_EQ(img.height, ref->shape[0]);
+            CHECK_EQ(img.width, ref->shape[1]);
+            if (img.height == ref->shape[0] && img.width == ref->shape[1]) {
+                const uint8_t *r = ref->data;
+                int64_t max = 0, sum = 0;
+                for (int64_t i = 0; i < ref->n; i++) {
+                    int64_t d = llabs((long long)img.rgb[i] - (long long)r[i]);
+                    sum += d;
+                    if (d > max) max = d;
+                }
+                double mean = (double)sum / (double)ref->n;
+                if (test_verbose())
+                    fprintf(stderr, "  %s: max abs diff %lld, mean %.4f\n", cases[c].image, (long long)max, mean);
+                if (cases[c].exact) {
+                    CHECK_EQ(max, 0);
+                } else {
+                    CHECK(max <= TOL_JPEG_MAX_ABS);
+                    CHECK(mean <= TOL_JPEG_MEAN_ABS);
+                }
+            }
+            img_free(&img);
+        }
+        golden_free(&g);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * hostile and broken inputs */
+
+TEST(image_decode_rejects_missing_empty_random) {
+    expect_load_error(test_path("tests/data/images/does_not_exist.png"), VLM_ERR_IO, NULL);
+    const char *empty = tmp_file("empty.png");
+    write_file(empty, "", 0);
+    expect_load_error(empty, VLM_ERR_FORMAT, "not a PNG or JPEG image");
+    uint8_t junk[4096];
+    for (size_t i = 0; i < sizeof junk; i++) junk[i] = rnd8();
+    junk[0] = 0x42; /* not 0x89 / 0xFF */
+    expect_memory_error(junk, sizeof junk, VLM_ERR_FORMAT, "not a PNG or JPEG image");
+    expect_memory_error(junk, 1, VLM_ERR_FORMAT, "not a PNG or JPEG image");
+    /* the magic alone, and the magic followed by garbage */
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+    expect_memory_error(sig, 8, VLM_ERR_FORMAT, "PNG");
+    uint8_t sig_junk[600];
+    memcpy(sig_junk, sig, 8);
+    for (size_t i = 8; i < sizeof sig_junk; i++) sig_junk[i] = rnd8();
+    expect_memory_error(sig_junk, sizeof sig_junk, VLM_ERR_FORMAT, "PNG");
+    uint8_t jpeg_junk[600] = {0xFF, 0xD8, 0xFF};
+    for (size_t i = 3; i < sizeof jpeg_junk; i++) jpeg_junk[i] = rnd8();
+    expect_memory_error(jpeg_junk, sizeof jpeg_junk, VLM_ERR_FORMAT, "JPEG");
+    expect_memory_error(jpeg_junk, 3, VLM_ERR_FORMAT, "JPEG");
+    /* a directory is not a file */
+    expect_load_error(test_tmpdir(), VLM_ERR_IO, NULL);
+}
+
+TEST(image_decode_rejects_other_formats) {
+    uint8_t gif[64] = "GIF89a\x01\x00\x01\x00\x80\x00\x00";
+    expect_memory_error(gif, sizeof gif, VLM_ERR_UNSUPPORTED, "not a PNG or JPEG image (looks like GIF");
+    uint8_t bmp[64] = "BM";
+    expect_memory_error(bmp, sizeof bmp, VLM_ERR_UNSUPPORTED, "BMP");
+    uint8_t webp[64] = "RIFF\x10\x00\x00\x00WEBPVP8 ";
+    expect_memory_error(webp, sizeof webp, VLM_ERR_UNSUPPORTED, "WebP");
+    /* a real BMP from stb_image_write, whole */
+    uint8_t px[4 * 4 * 3] = {0};
+    const char *path = tmp_file("real.bmp");
+    CHECK(stbi_write_bmp(path, 4, 4, 3, px));
+    expect_load_error(path, VLM_ERR_UNSUPPORTED, "BMP");
+}
+
+TEST(image_decode_rejects_truncated) {
+    enum { W = 40, H = 30 };
+    uint8_t src[H * W * 3];
+    for (size_t i = 0; i < sizeof src; i++) src[i] = rnd8();
+    int len;
+    uint8_t *png = stbi_write_png_to_mem(src, W * 3, W, H, 3, &len);
+    /* every cut point inside the file must fail cleanly (ASan checks there is no over-read) */
+    int n_ok = 0;
+    for (int cut = 0; cut < len; cut += (cut < 64 ? 1 : 97)) {
+        struct vlm_image img = {0};
+        struct err_capture cap;
+        char msg[1024];
+        capture_begin(&cap);
+        enum vlm_status st = img_decode_memory(png, (size_t)cut, "cut.png", &img);
+        capture_end(&cap, msg, sizeof msg);
+        n_ok += st == VLM_OK;
+        if (st == VLM_OK) img_free(&img);
+        else if (!CHECK(st == VLM_ERR_FORMAT && strstr(msg, "cut.png"))) fprintf(stderr, "  cut %d: %s", cut, msg);
+    }
+    CHECK_EQ(n_ok, 0);
+    expect_memory_error(png, (size_t)len / 2, VLM_ERR_FORMAT, "PNG");
+    free(png);
+
+    const char *path = tmp_file("whole.jpg");
+    CHECK(stbi_write_jpg(path, W, H, 3, src, 90));
+    char *jpg;
+    size_t jlen;
+    if (CHECK_EQ(vlm_file_read_all(path, 1 << 20, &jpg, &jlen), VLM_OK)) {
+        struct vlm_image img;
+        if (CHECK_EQ(img_decode_memory((uint8_t *)jpg, jlen, "whole.jpg", &img), VLM_OK)) img_free(&img);
+        /* stb alone would decode a cut JPEG as grey; we want PIL's "truncated" error */
+        expect_memory_error((uint8_t *)jpg, jlen - 2, VLM_ERR_FORMAT, "truncated JPEG");
+        expect_memory_error((uint8_t *)jpg, jlen * 2 / 3, VLM_ERR_FORMAT, "JPEG");
+        expect_memory_error((uint8_t *)jpg, 20, VLM_ERR_FORMAT, "JPEG");
+        free(jpg);
+    }
+}
+
+/* Decompression bombs: the header is checked before any pixel is decoded. */
+TEST(image_decode_rejects_huge_headers) {
+    struct bytes png = make_png(100000, 100000, 8, 2, NULL, 0, NULL, 0, NULL, 0);
+    expect_memory_error(png.p, png.n, VLM_ERR_FORMAT,
+                        "image header claims 100000 x 100000 pixels, more than the 36000000 allowed");
+    free(png.p);
+    png = make_png(0xFFFFFFFFu, 0xFFFFFFFFu, 8, 6, NULL, 0, NULL, 0, NULL, 0); /* product overflows int64 */
+    expect_memory_error(png.p, png.n, VLM_ERR_FORMAT, "more than the 36000000 allowed");
+    free(png.p);
+    png = make_png(20000, 10, 8, 2, NULL, 0, NULL, 0, NULL, 0); /* few pixels, one side too long */
+    expect_memory_error(png.p, png.n, VLM_ERR_FORMAT, "a side longer than the 16384 allowed");
+    free(png.p);
+    png = make_png(0, 10, 8, 2, NULL, 0, NULL, 0, NULL, 0);
+    expect_memory_error(png.p, png.n, VLM_ERR_FORMAT, "0 x 10");
+    free(png.p);
+    /* within budget but nothing behind the header */
+    png = make_png(6000, 6000, 8, 2, NULL, 0, NULL, 0, NULL, 0);
+    expect_memory_error(png.p, png.n, VLM_ERR_FORMAT, "PNG");
+    free(png.p);
+
+    /* a JPEG whose SOF0 claims 60000 x 60000 */
+    const char *path = tmp_file("small.jpg");
+    uint8_t px[8 * 8 * 3] = {0};
+    CHECK(stbi_write_jpg(path, 8, 8, 3, px, 90));
+    char *jpg;
+    size_t jlen;
+    if (CHECK_EQ(vlm_file_read_all(path, 1 << 20, &jpg, &jlen), VLM_OK)) {
+        uint8_t *b = (uint8_t *)jpg;
+        size_t sof = 0;
+        for (size_t i = 2; i + 9 < jlen; i++)
+            if (b[i] == 0xFF && b[i + 1] == 0xC0) {
+                sof = i;
+                break;
+            }
+        if (CHECK(sof > 0)) {
+            b[sof + 5] = 0xEA, b[sof + 6] = 0x60; /* height 60000 */
+            b[sof + 7] = 0xEA, b[sof + 8] = 0x60; /* width 60000 */
+            expect_memory_error(b, jlen, VLM_ERR_FORMAT, "image header claims 60000 x 60000 pixels");
+        }
+        free(jpg);
+    }
+}
+
+TEST(image_decode_rejects_oversized_file) {
+    const char *path = tmp_file("huge.png");
+    FILE *f = fopen(path, "wb");
+    if (!CHECK(f != NULL)) return;
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+    fwrite(sig, 1, 8, f);
+    fclose(f);
+    CHECK(truncate(path, IMG_MAX_FILE_BYTES + 1) == 0); /* sparse: costs no disk */
+    expect_load_error(path, VLM_ERR_FORMAT, "allowed");
+}
+
+TEST(image_decode_bad_arguments) {
+    struct vlm_image img = {0};
+    struct err_capture cap;
+    char msg[1024];
+    uint8_t b[8] = {0};
+    capture_begin(&cap);
+    enum vlm_status st1 = img_decode_memory(NULL, 10, "x", &img);
+    enum vlm_status st2 = img_decode_memory(b, sizeof b, NULL, NULL);
+    capture_end(&cap, msg, sizeof msg);
+    CHECK_EQ(st1, VLM_ERR_ARG);
+    CHECK_EQ(st2, VLM_ERR_ARG);
+    CHECK(img.rgb == NULL);
+}
