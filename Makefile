@@ -90,11 +90,28 @@ test: $(VLMRUN) $(RUNTESTS) ## run every test (SAN=1: under ASan+UBSan)
 cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects
 	@echo "CUDA objects compiled: $(words $(CU_OBJ))"
 
+FUZZ_CC   ?= clang
+FUZZ_SRC  := $(sort $(wildcard tests/fuzz/*.c))
+FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
+FUZZ_TIME ?= 20
+fuzz: $(FUZZ_BIN) ## build the libFuzzer targets (clang) and run each for FUZZ_TIME seconds
+	@for f in $(FUZZ_BIN); do echo "  FUZZ  $$f ($(FUZZ_TIME) s)"; mkdir -p $$f.corpus; \
+	  if ! $$f -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -artifact_prefix=build-fuzz/ \
+	      $$f.corpus tests/fuzz/seeds/$$(basename $$f) >$$f.log 2>&1; then \
+	    tail -n 40 $$f.log; echo "fuzz: $$f failed; the input is in build-fuzz/"; exit 1; fi; \
+	  tail -n 1 $$f.log; done
+
+build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard tests/fuzz/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZCC $@"
+	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -Wno-unknown-pragmas -Iinclude -I. \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -o $@ $< $(LIB_SRC) -lcjson -lm
+
 fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requirements.txt)
 	python3 tools/make_fixtures.py
 
 clean: ## remove build outputs
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
-.PHONY: all test cuda-objs fixtures clean
+.PHONY: all test cuda-objs fuzz fixtures clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 const char *vlm_status_str(enum vlm_status s) {
@@ -86,6 +87,12 @@ enum vlm_status vlm_file_read_all(const char *path, size_t max_bytes, char **out
     }
     enum vlm_status st = VLM_ERR_IO;
     char *buf = NULL;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) goto io_fail;
+    if (!S_ISREG(sb.st_mode)) { /* a directory opens fine and "has" LONG_MAX bytes */
+        vlm_log_error("%s: not a regular file", path);
+        goto fail;
+    }
     if (fseek(f, 0, SEEK_END) != 0) goto io_fail;
     long sz = ftell(f);
     if (sz < 0 || fseek(f, 0, SEEK_SET) != 0) goto io_fail;

@@ -42,12 +42,30 @@ void test_fail(const char *file, int line, const char *fmt, ...) __attribute__((
 bool test_verbose(void);
 /* Absolute path of a file under the repository root (static buffer ring; valid for a few calls). */
 const char *test_path(const char *rel);
-/* A fresh temporary directory for this case (created under $TMPDIR); removed by the runner at exit. */
+/* A fresh, empty temporary directory (under $TMPDIR); the string stays valid and the runner removes the
+ * directory at exit. */
 const char *test_tmpdir(void);
+/* The path of a file called name in a fresh temporary directory (same lifetime as test_tmpdir). */
+const char *test_tmp_path(const char *name);
+
+/* Writes n bytes to path (creating or truncating it); records a failure when it cannot. */
+void test_write_file(const char *path, const void *data, size_t n);
+/* CRC-32 as PNG and zlib define it (polynomial 0xEDB88320), for tests that craft PNG chunks. */
+uint32_t test_crc32(const uint8_t *p, size_t n);
 
 /* Runs a shell command line, returns its exit status (-1 if it did not exit normally); captures the
  * first cap-1 bytes of stderr into err_buf when non-NULL. */
 int test_run_cmd(const char *cmdline, char *err_buf, size_t cap);
+
+/* Redirects stderr (fd 2) into a temporary file until the matching test_capture_end. Nestable: the runner
+ * captures each case (and replays it only on failure or with -v), and a case may capture inside that. */
+void test_capture_begin(void);
+/* Ends the innermost capture, restoring the previous stderr; copies up to cap-1 bytes of what was written to buf
+ * (NUL-terminated) and returns the full byte count. */
+size_t test_capture_end(char *buf, size_t cap);
+/* Checks that msg is exactly one line, starting "vlmrun: error: ", containing each non-NULL needle. */
+bool test_check_error_line(const char *msg, const char *needle1, const char *needle2, const char *file, int line);
+#define CHECK_ERROR_LINE(msg, n1, n2) test_check_error_line((msg), (n1), (n2), __FILE__, __LINE__)
 
 /* Max abs difference and cosine similarity of two vectors. */
 double test_max_abs_diff(const float *a, const float *b, int64_t n);

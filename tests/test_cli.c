@@ -28,21 +28,7 @@ static void expect_error(const char *args, int want_rc, const char *needle) {
     CHECK(strstr(err, "Sanitizer") == NULL && strstr(err, "runtime error") == NULL && strstr(err, "assertion") == NULL);
 }
 
-static void write_file(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!CHECK(f != NULL)) return;
-    CHECK(fwrite(data, 1, n, f) == n);
-    fclose(f);
-}
 
-static uint32_t crc32_png(const uint8_t *p, size_t n) {
-    uint32_t c = 0xffffffffu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
-    }
-    return c ^ 0xffffffffu;
-}
 
 static void put_be32(uint8_t *p, uint32_t v) { p[0] = v >> 24, p[1] = v >> 16, p[2] = v >> 8, p[3] = v; }
 
@@ -55,12 +41,12 @@ static void write_png_header(const char *path, uint32_t w, uint32_t h) {
     put_be32(ihdr + 8, w);
     put_be32(ihdr + 12, h);
     ihdr[16] = 8, ihdr[17] = 2, ihdr[18] = 0, ihdr[19] = 0, ihdr[20] = 0;
-    put_be32(ihdr + 21, crc32_png(ihdr + 4, 17));
+    put_be32(ihdr + 21, test_crc32(ihdr + 4, 17));
     uint8_t *iend = ihdr + 25;
     put_be32(iend, 0);
     memcpy(iend + 4, "IEND", 4);
-    put_be32(iend + 8, crc32_png(iend + 4, 4));
-    write_file(path, b, sizeof b);
+    put_be32(iend + 8, test_crc32(iend + 4, 4));
+    test_write_file(path, b, sizeof b);
 }
 
 TEST(cli_greedy_matches_transformers) {
@@ -120,12 +106,12 @@ TEST(cli_bad_images) {
     expect_error(args, 1, "nope.png");
     /* not an image */
     snprintf(path, sizeof path, "%s/text.png", dir);
-    write_file(path, "hello, this is text\n", 20);
+    test_write_file(path, "hello, this is text\n", 20);
     snprintf(args, sizeof args, "--model %s %s '1 2'", model, path);
     expect_error(args, 1, "text.png");
     /* empty file */
     snprintf(path, sizeof path, "%s/empty.jpg", dir);
-    write_file(path, "", 0);
+    test_write_file(path, "", 0);
     snprintf(args, sizeof args, "--model %s %s '1 2'", model, path);
     expect_error(args, 1, "empty.jpg");
     /* header claiming 100000 x 100000 pixels: rejected before decoding */
@@ -186,4 +172,29 @@ TEST(cli_bad_prompts) {
     expect_error(args, 1, "99999");
     snprintf(args, sizeof args, "--model %s %s '<image> 5 <image>'", model, img);
     expect_error(args, 1, "image placeholders");
+}
+
+/* --info on configs with the published dimensions: the counts are the spec's derived figures
+ * (shared/spec/llava-onevision.md §2.1), not values this code produced. */
+TEST(cli_info_published_configs) {
+    static const struct {
+        const char *dir, *linear, *kv;
+    } k[] = {
+        {"tests/data/configs/0.5b", "text linear 357.8 M", "kv cache 12288 B/token"},
+        {"tests/data/configs/7b", "text linear 6525.3 M", "kv cache 57344 B/token"},
+        {"tests/data/configs/72b", "text linear 70212.6 M", "kv cache 327680 B/token"},
+    };
+    for (int i = 0; i < 3; i++) {
+        char cmd[2048], out_path[700], out[4096] = "";
+        snprintf(out_path, sizeof out_path, "%s/info.txt", test_tmpdir());
+        snprintf(cmd, sizeof cmd, "%s --model %s --info >'%s'", vlmrun(), test_path(k[i].dir), out_path);
+        CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
+        FILE *f = fopen(out_path, "rb");
+        if (!CHECK(f != NULL)) continue;
+        size_t n = fread(out, 1, sizeof out - 1, f);
+        out[n] = 0;
+        fclose(f);
+        if (!CHECK(strstr(out, k[i].linear) != NULL) || !CHECK(strstr(out, k[i].kv) != NULL))
+            fprintf(stderr, "  %s --info printed:\n%s", k[i].dir, out);
+    }
 }

@@ -18,17 +18,6 @@
  * helpers
  * ------------------------------------------------------------------------------------------------------------- */
 
-/* The harness caps temporary directories per run, so this file takes one (test_tmpdir) and makes numbered
- * subdirectories in it: each call returns a new, empty directory (ring of 64 names: use promptly). */
-static const char *fresh_dir(void) {
-    static char root[700], bufs[64][760];
-    static int seq;
-    if (!root[0]) snprintf(root, sizeof root, "%s", test_tmpdir());
-    char *b = bufs[seq & 63];
-    snprintf(b, sizeof bufs[0], "%s/%d", root, ++seq);
-    if (mkdir(b, 0700) != 0) FAIL("cannot create %s", b);
-    return b;
-}
 
 /* A small valid config (the tiny fixtures' dims) that the variants below edit. */
 static const char k_base[] =
@@ -45,7 +34,7 @@ static const char *write_json(const char *name, const char *text) {
     static char bufs[4][700];
     static int k;
     char *path = bufs[k++ & 3];
-    snprintf(path, sizeof bufs[0], "%s/%s", fresh_dir(), name);
+    snprintf(path, sizeof bufs[0], "%s/%s", test_tmpdir(), name);
     FILE *f = fopen(path, "wb");
     if (!f || fputs(text, f) < 0) FAIL("cannot write %s", path);
     if (f) fclose(f);
@@ -68,27 +57,9 @@ static const char *variant(const char *from, const char *to) {
 /* Parses text as config.json (or preprocessor_config.json when pre) with stderr captured into err. */
 static enum vlm_status parse_capture(const char *text, bool pre, void *out, char *err, size_t cap) {
     const char *path = write_json(pre ? "preprocessor_config.json" : "config.json", text);
-    char errpath[700];
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", fresh_dir());
-    fflush(stderr);
-    int saved = dup(2), fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (saved < 0 || fd < 0) {
-        FAIL("cannot redirect stderr");
-        return VLM_ERR_IO;
-    }
-    dup2(fd, 2);
-    close(fd);
+    test_capture_begin();
     enum vlm_status st = pre ? vlm_preproc_parse(path, out) : vlm_config_parse(path, out);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    err[0] = 0;
-    FILE *f = fopen(errpath, "rb");
-    if (f) {
-        size_t n = fread(err, 1, cap - 1, f);
-        err[n] = 0;
-        fclose(f);
-    }
+    test_capture_end(err, cap);
     if (test_verbose() && err[0]) fprintf(stderr, "  stderr: %s", err);
     if (st != VLM_OK) {
         const char *nl = strchr(err, '\n');
@@ -400,7 +371,7 @@ TEST(config_other_accepted_forms) {
 TEST(config_missing_and_invalid_files) {
     struct vlm_config c;
     char path[700];
-    snprintf(path, sizeof path, "%s/none/config.json", fresh_dir());
+    snprintf(path, sizeof path, "%s/none/config.json", test_tmpdir());
     CHECK_EQ(vlm_config_parse(path, &c), VLM_ERR_IO);
     CHECK_EQ(vlm_config_parse(NULL, &c), VLM_ERR_ARG);
     EXPECT_CFG("", VLM_ERR_FORMAT, "JSON");

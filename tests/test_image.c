@@ -1,10 +1,12 @@
 /* test_image.c — image decoding (vision/image_decode.c): every PNG colour type we can produce, alpha compositing
  * against PIL's integer formula for all 65536 (value, alpha) pairs, JPEG, and the hostile inputs of targets.md §6.3
  * (truncated, random, empty, missing, other formats, decompression bombs claimed in the header, oversized files).
- * Test images are written at runtime: stb_image_write for ordinary PNG/JPEG, hand-built chunks (own CRC-32) for
- * palette/tRNS/16-bit PNGs and forged headers. The fixture images in tests/data/images are compared with the
+ * Test images are written at runtime: stb_image_write for ordinary PNGs, hand-built chunks (own CRC-32) for
+ * palette/tRNS/16-bit PNGs and forged headers, a tiny baseline encoder for flat JPEGs; the fixture photo JPEG
+ * is cut and edited for the hostile JPEG cases. The fixture images in tests/data/images are compared with the
  * decoded pixels PIL produced (tests/golden/<case>.bin, record image_rgb). */
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,7 @@
 #include "golden.h"
 #include "runtime/util.h"
 #include "test.h"
+#include "tolerances.h"
 #include "vision/image.h"
 
 #define STB_IMAGE_WRITE_STATIC
@@ -25,10 +28,6 @@
 #include <stb/stb_image_write.h>
 #pragma GCC diagnostic pop
 
-/* JPEG (libjpeg-turbo in PIL vs stb_image) may differ by a few levels per sample (spec §5.2). Measured on
- * tests/data/images/photo_60x45.jpg and on PIL-written random JPEGs: max 2, mean < 0.1. */
-#define TOL_JPEG_MAX_ABS 3
-#define TOL_JPEG_MEAN_ABS 0.25
 
 /* ---------------------------------------------------------------------------------------------------------
  * helpers */
@@ -39,57 +38,16 @@ static uint8_t rnd8(void) {
     return (uint8_t)(lcg_state >> 24);
 }
 
-static void write_file(const char *path, const void *data, size_t len) {
-    FILE *f = fopen(path, "wb");
-    if (!f || fwrite(data, 1, len, f) != len) FAIL("cannot write %s", path);
-    if (f) fclose(f);
-}
 
-static const char *tmp_file(const char *name) {
-    static char bufs[8][800];
-    static int k;
-    char *b = bufs[k++ & 7];
-    snprintf(b, sizeof bufs[0], "%s/%s", test_tmpdir(), name);
-    return b;
-}
-
-/* stderr capture, to check the one-line error messages */
-struct err_capture {
-    int saved_fd;
-    char path[800];
-};
-static void capture_begin(struct err_capture *c) {
-    fflush(stderr);
-    snprintf(c->path, sizeof c->path, "%s/stderr.txt", test_tmpdir());
-    int fd = open(c->path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
-    c->saved_fd = dup(2);
-    if (fd >= 0) {
-        dup2(fd, 2);
-        close(fd);
-    }
-}
-static void capture_end(struct err_capture *c, char *buf, size_t cap) {
-    fflush(stderr);
-    dup2(c->saved_fd, 2);
-    close(c->saved_fd);
-    buf[0] = 0;
-    FILE *f = fopen(c->path, "rb");
-    if (f) {
-        size_t n = fread(buf, 1, cap - 1, f);
-        buf[n] = 0;
-        fclose(f);
-    }
-}
 
 /* Loads path expecting failure `want`: *out must stay untouched and stderr must hold exactly one line that starts
  * with "vlmrun: error: ", names the file and contains `needle` (when non-NULL). */
 static void expect_load_error(const char *path, enum vlm_status want, const char *needle) {
     struct vlm_image img = {.width = -7, .height = -9, .rgb = (uint8_t *)&img};
-    struct err_capture cap;
-    char msg[2048];
-    capture_begin(&cap);
+        char msg[2048];
+    test_capture_begin();
     enum vlm_status st = img_load(path, &img);
-    capture_end(&cap, msg, sizeof msg);
+    test_capture_end(msg, sizeof msg);
     if (!CHECK_EQ(st, want)) fprintf(stderr, "  (%s) message: %s", path, msg);
     CHECK(img.width == -7 && img.height == -9 && img.rgb == (uint8_t *)&img);
     if (st == VLM_OK) img_free(&img);
@@ -101,8 +59,8 @@ static void expect_load_error(const char *path, enum vlm_status want, const char
 }
 
 static void expect_memory_error(const uint8_t *buf, size_t len, enum vlm_status want, const char *needle) {
-    const char *path = tmp_file("bad.img");
-    write_file(path, buf, len);
+    const char *path = test_tmp_path("bad.img");
+    test_write_file(path, buf, len);
     expect_load_error(path, want, needle);
 }
 
@@ -138,20 +96,12 @@ static void put_be32(struct bytes *b, uint32_t v) {
     uint8_t q[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
     put(b, q, 4);
 }
-static uint32_t crc32_png(const uint8_t *d, size_t n) {
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= d[i];
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
-    }
-    return c ^ 0xFFFFFFFFu;
-}
 static void put_chunk(struct bytes *b, const char *type, const uint8_t *d, size_t n) {
     put_be32(b, (uint32_t)n);
     size_t at = b->n;
     put(b, type, 4);
     if (n) put(b, d, n);
-    put_be32(b, crc32_png(b->p + at, n + 4));
+    put_be32(b, test_crc32(b->p + at, n + 4));
 }
 /* PNG with the given IHDR fields; raw = unfiltered scanlines without filter bytes (row_bytes each), may be NULL
  * for a header-only file (no IDAT/IEND). plte/trns optional. */
@@ -193,7 +143,7 @@ TEST(image_decode_png_rgb_exact) {
     const int w = 37, h = 23;
     uint8_t src[23 * 37 * 3];
     for (size_t i = 0; i < sizeof src; i++) src[i] = rnd8();
-    const char *path = tmp_file("rgb.png");
+    const char *path = test_tmp_path("rgb.png");
     CHECK(stbi_write_png(path, w, h, 3, src, w * 3));
     struct vlm_image img;
     if (!CHECK_EQ(img_load(path, &img), VLM_OK)) return;
@@ -239,7 +189,8 @@ TEST(image_decode_alpha_all_pairs_match_pil) {
     if (decode_ok(png, (size_t)len, &img)) {
         int bad = 0;
         for (int i = 0; i < 256 * 256; i++)
-            for (int ch = 0; ch < 3; ch++) bad += img.rgb[3 * i + ch] != pil_over_white(rgba[4 * i + ch], rgba[4 * i + 3]);
+            for (int ch = 0; ch < 3; ch++)
+                bad += img.rgb[3 * i + ch] != pil_over_white(rgba[4 * i + ch], rgba[4 * i + 3]);
         CHECK_EQ(bad, 0);
         /* spot values worked out by hand from the formula: (v, a) = (0, 128) -> round(255*127/255) = 127 */
         CHECK_EQ(img.rgb[3 * (128 * 256 + 0)], 127);
@@ -339,41 +290,108 @@ TEST(image_decode_png_palette_trns_and_16bit) {
     free(png.p);
 }
 
-TEST(image_decode_jpeg_rgb_and_grey) {
-    enum { W = 48, H = 32 };
-    uint8_t src[H * W * 3], grey[H * W];
-    for (int y = 0; y < H; y++)
-        for (int x = 0; x < W; x++) {
-            uint8_t *p = src + 3 * (y * W + x);
-            p[0] = (uint8_t)(x * 5), p[1] = (uint8_t)(y * 7), p[2] = (uint8_t)(128 + x - y);
-            grey[y * W + x] = (uint8_t)(x * 4 + y);
+/* --- hand-built baseline JPEGs ----------------------------------------------------------------------
+ * (stb_image_write's JPEG encoder trips UBSan — a signed left shift in stbiw__jpg_writeBits — so the JPEG inputs
+ * are the fixture photo and these.) A constant image: one quantiser of all 1s, every 8x8 block holds only its DC
+ * coefficient 8 * (level - 128) (the DCT of a flat block), coded as a DC difference (the first block of each
+ * component carries the value, the others 0) followed by end-of-block. Huffman tables: the DC categories used,
+ * all with 3-bit codes; AC: only EOB, a 2-bit code. Decodes to the levels exactly (the IDCT of a DC-only block). */
+
+struct bitw {
+    struct bytes *b;
+    uint32_t acc;
+    int n;
+};
+static void bits_put(struct bitw *w, uint32_t v, int n) {
+    for (int i = n - 1; i >= 0; i--) {
+        w->acc = w->acc << 1 | ((v >> i) & 1u);
+        if (++w->n == 8) {
+            uint8_t c = (uint8_t)w->acc;
+            put(w->b, &c, 1);
+            if (c == 0xFF) put(w->b, "", 1); /* byte stuffing */
+            w->acc = 0, w->n = 0;
         }
-    const char *path = tmp_file("smooth.jpg");
-    CHECK(stbi_write_jpg(path, W, H, 3, src, 100));
+    }
+}
+static int dc_category(int v) {
+    int a = v < 0 ? -v : v, n = 0;
+    while (a) n++, a >>= 1;
+    return n;
+}
+/* levels[c] is the level of component c (1 = grey, 3 = Y, Cb, Cr); w, h multiples of 8. */
+static struct bytes make_flat_jpeg(int w, int h, int nc, const int *levels) {
+    struct bytes b = {0};
+    put(&b, "\xFF\xD8", 2);
+    uint8_t dqt[2 + 2 + 65] = {0xFF, 0xDB, 0, 67, 0x00};
+    memset(dqt + 5, 1, 64);
+    put(&b, dqt, sizeof dqt);
+    uint8_t sof[2 + 2 + 6 + 9] = {0xFF, 0xC0, 0, (uint8_t)(8 + 3 * nc), 8, (uint8_t)(h >> 8), (uint8_t)h,
+                                  (uint8_t)(w >> 8), (uint8_t)w, (uint8_t)nc};
+    for (int c = 0; c < nc; c++) sof[10 + 3 * c] = (uint8_t)(c + 1), sof[11 + 3 * c] = 0x11, sof[12 + 3 * c] = 0;
+    put(&b, sof, (size_t)(10 + 3 * nc));
+    /* DC table: category 0 plus each component's category, 3-bit codes in symbol order */
+    uint8_t syms[4] = {0};
+    int n_syms = 1;
+    for (int c = 0; c < nc; c++) {
+        int cat = dc_category(8 * (levels[c] - 128)), seen = 0;
+        for (int k = 0; k < n_syms; k++) seen |= syms[k] == cat;
+        if (!seen) syms[n_syms++] = (uint8_t)cat;
+    }
+    uint8_t dht_dc[2 + 2 + 1 + 16 + 4] = {0xFF, 0xC4, 0, (uint8_t)(3 + 16 + n_syms), 0x00};
+    dht_dc[5 + 2] = (uint8_t)n_syms; /* counts[2] = codes of length 3 */
+    memcpy(dht_dc + 21, syms, (size_t)n_syms);
+    put(&b, dht_dc, (size_t)(21 + n_syms));
+    static const uint8_t dht_ac[2 + 2 + 1 + 16 + 1] = {0xFF, 0xC4, 0, 20, 0x10, 0, 1, 0, 0, 0, 0, 0, 0,
+                                                       0,    0,    0, 0,  0,    0, 0, 0x00};
+    put(&b, dht_ac, sizeof dht_ac);
+    uint8_t sos[2 + 2 + 1 + 6 + 3] = {0xFF, 0xDA, 0, (uint8_t)(6 + 2 * nc), (uint8_t)nc};
+    for (int c = 0; c < nc; c++) sos[5 + 2 * c] = (uint8_t)(c + 1), sos[6 + 2 * c] = 0x00;
+    sos[5 + 2 * nc] = 0, sos[6 + 2 * nc] = 63, sos[7 + 2 * nc] = 0;
+    put(&b, sos, (size_t)(8 + 2 * nc));
+    struct bitw bw = {&b, 0, 0};
+    for (int blk = 0; blk < (w / 8) * (h / 8); blk++) {
+        for (int c = 0; c < nc; c++) {
+            int diff = blk == 0 ? 8 * (levels[c] - 128) : 0, cat = dc_category(diff), code = 0;
+            for (int k = 0; k < n_syms; k++)
+                if (syms[k] == cat) code = k;
+            bits_put(&bw, (uint32_t)code, 3);
+            if (cat) bits_put(&bw, (uint32_t)(diff >= 0 ? diff : diff + (1 << cat) - 1), cat);
+            bits_put(&bw, 0, 2); /* EOB */
+        }
+    }
+    if (bw.n) bits_put(&bw, 0x7F, 8 - bw.n); /* pad with 1-bits */
+    put(&b, "\xFF\xD9", 2);
+    return b;
+}
+
+TEST(image_decode_jpeg_flat_grey_and_colour) {
     struct vlm_image img;
+    const int grey[1] = {77};
+    struct bytes jpg = make_flat_jpeg(16, 24, 1, grey);
+    const char *path = test_tmp_path("grey.jpg");
+    test_write_file(path, jpg.p, jpg.n);
     if (CHECK_EQ(img_load(path, &img), VLM_OK)) {
-        CHECK(img.width == W && img.height == H);
-        int max = 0;
-        for (int i = 0; i < W * H * 3; i++) {
-            int d = abs((int)img.rgb[i] - (int)src[i]);
-            if (d > max) max = d;
-        }
-        CHECK(max <= 12); /* quality 100 (stb writes 4:4:4 above 90): lossy, but close */
-        img_free(&img);
-    }
-    path = tmp_file("grey.jpg");
-    CHECK(stbi_write_jpg(path, W, H, 1, grey, 95));
-    if (CHECK_EQ(img_load(path, &img), VLM_OK)) {
-        int bad = 0, max = 0;
-        for (int i = 0; i < W * H; i++) {
-            bad += img.rgb[3 * i] != img.rgb[3 * i + 1] || img.rgb[3 * i] != img.rgb[3 * i + 2];
-            int d = abs((int)img.rgb[3 * i] - (int)grey[i]);
-            if (d > max) max = d;
-        }
+        CHECK(img.width == 16 && img.height == 24);
+        int bad = 0;
+        for (int i = 0; i < 16 * 24 * 3; i++) bad += img.rgb[i] != 77;
         CHECK_EQ(bad, 0);
-        CHECK(max <= 12);
         img_free(&img);
     }
+    free(jpg.p);
+    /* Y, Cb, Cr = 100, 90, 160 -> JFIF: R = Y + 1.402 (Cr-128), G = Y - 0.344136 (Cb-128) - 0.714136 (Cr-128),
+     * B = Y + 1.772 (Cb-128): 144.86, 90.22, 32.66; decoders round within one level */
+    const int ycc[3] = {100, 90, 160};
+    jpg = make_flat_jpeg(8, 16, 3, ycc);
+    if (decode_ok(jpg.p, jpg.n, &img)) {
+        CHECK(img.width == 8 && img.height == 16);
+        const double want[3] = {144.864, 90.226, 32.664};
+        int bad = 0;
+        for (int i = 0; i < 8 * 16; i++)
+            for (int ch = 0; ch < 3; ch++) bad += fabs(img.rgb[3 * i + ch] - want[ch]) > 1.0;
+        CHECK_EQ(bad, 0);
+        img_free(&img);
+    }
+    free(jpg.p);
 }
 
 /* The fixture PNGs decode to exactly PIL's pixels; the fixture JPEG within the decoder tolerance. */
@@ -386,6 +404,7 @@ TEST(image_decode_fixtures_match_pil) {
         {"tests/golden/unpad_png.bin", "tests/data/images/unpad_70x150.png", true},
         {"tests/golden/pool_png.bin", "tests/data/images/pool_140x260.png", true},
         {"tests/golden/jpeg.bin", "tests/data/images/photo_60x45.jpg", false},
+        {"tests/golden/odd_png.bin", "tests/data/images/odd_122x85.png", true},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         struct golden_file g;
@@ -425,8 +444,8 @@ TEST(image_decode_fixtures_match_pil) {
 
 TEST(image_decode_rejects_missing_empty_random) {
     expect_load_error(test_path("tests/data/images/does_not_exist.png"), VLM_ERR_IO, NULL);
-    const char *empty = tmp_file("empty.png");
-    write_file(empty, "", 0);
+    const char *empty = test_tmp_path("empty.png");
+    test_write_file(empty, "", 0);
     expect_load_error(empty, VLM_ERR_FORMAT, "not a PNG or JPEG image");
     uint8_t junk[4096];
     for (size_t i = 0; i < sizeof junk; i++) junk[i] = rnd8();
@@ -457,7 +476,7 @@ TEST(image_decode_rejects_other_formats) {
     expect_memory_error(webp, sizeof webp, VLM_ERR_UNSUPPORTED, "WebP");
     /* a real BMP from stb_image_write, whole */
     uint8_t px[4 * 4 * 3] = {0};
-    const char *path = tmp_file("real.bmp");
+    const char *path = test_tmp_path("real.bmp");
     CHECK(stbi_write_bmp(path, 4, 4, 3, px));
     expect_load_error(path, VLM_ERR_UNSUPPORTED, "BMP");
 }
@@ -472,11 +491,10 @@ TEST(image_decode_rejects_truncated) {
     int n_ok = 0;
     for (int cut = 0; cut < len; cut += (cut < 64 ? 1 : 97)) {
         struct vlm_image img = {0};
-        struct err_capture cap;
-        char msg[1024];
-        capture_begin(&cap);
+                char msg[1024];
+        test_capture_begin();
         enum vlm_status st = img_decode_memory(png, (size_t)cut, "cut.png", &img);
-        capture_end(&cap, msg, sizeof msg);
+        test_capture_end(msg, sizeof msg);
         n_ok += st == VLM_OK;
         if (st == VLM_OK) img_free(&img);
         else if (!CHECK(st == VLM_ERR_FORMAT && strstr(msg, "cut.png"))) fprintf(stderr, "  cut %d: %s", cut, msg);
@@ -485,17 +503,23 @@ TEST(image_decode_rejects_truncated) {
     expect_memory_error(png, (size_t)len / 2, VLM_ERR_FORMAT, "PNG");
     free(png);
 
-    const char *path = tmp_file("whole.jpg");
-    CHECK(stbi_write_jpg(path, W, H, 3, src, 90));
     char *jpg;
     size_t jlen;
-    if (CHECK_EQ(vlm_file_read_all(path, 1 << 20, &jpg, &jlen), VLM_OK)) {
+    if (CHECK_EQ(vlm_file_read_all(test_path("tests/data/images/photo_60x45.jpg"), 1 << 20, &jpg, &jlen), VLM_OK)) {
         struct vlm_image img;
-        if (CHECK_EQ(img_decode_memory((uint8_t *)jpg, jlen, "whole.jpg", &img), VLM_OK)) img_free(&img);
-        /* stb alone would decode a cut JPEG as grey; we want PIL's "truncated" error */
+        if (CHECK_EQ(img_decode_memory((uint8_t *)jpg, jlen, "photo.jpg", &img), VLM_OK)) img_free(&img);
+        /* stb alone would decode a cut JPEG with a grey bottom; we want PIL's "truncated" error */
         expect_memory_error((uint8_t *)jpg, jlen - 2, VLM_ERR_FORMAT, "truncated JPEG");
         expect_memory_error((uint8_t *)jpg, jlen * 2 / 3, VLM_ERR_FORMAT, "JPEG");
         expect_memory_error((uint8_t *)jpg, 20, VLM_ERR_FORMAT, "JPEG");
+        for (size_t cut = 0; cut < jlen; cut += 7) { /* no cut point may crash or over-read */
+                        char msg[1024];
+            test_capture_begin();
+            enum vlm_status st = img_decode_memory((uint8_t *)jpg, cut, "cut.jpg", &img);
+            test_capture_end(msg, sizeof msg);
+            if (st == VLM_OK) img_free(&img);
+            CHECK(st == VLM_ERR_FORMAT);
+        }
         free(jpg);
     }
 }
@@ -520,17 +544,14 @@ TEST(image_decode_rejects_huge_headers) {
     expect_memory_error(png.p, png.n, VLM_ERR_FORMAT, "PNG");
     free(png.p);
 
-    /* a JPEG whose SOF0 claims 60000 x 60000 */
-    const char *path = tmp_file("small.jpg");
-    uint8_t px[8 * 8 * 3] = {0};
-    CHECK(stbi_write_jpg(path, 8, 8, 3, px, 90));
+    /* a JPEG whose frame header claims 60000 x 60000 (the fixture photo, edited) */
     char *jpg;
     size_t jlen;
-    if (CHECK_EQ(vlm_file_read_all(path, 1 << 20, &jpg, &jlen), VLM_OK)) {
+    if (CHECK_EQ(vlm_file_read_all(test_path("tests/data/images/photo_60x45.jpg"), 1 << 20, &jpg, &jlen), VLM_OK)) {
         uint8_t *b = (uint8_t *)jpg;
         size_t sof = 0;
         for (size_t i = 2; i + 9 < jlen; i++)
-            if (b[i] == 0xFF && b[i + 1] == 0xC0) {
+            if (b[i] == 0xFF && (b[i + 1] == 0xC0 || b[i + 1] == 0xC2)) {
                 sof = i;
                 break;
             }
@@ -544,7 +565,7 @@ TEST(image_decode_rejects_huge_headers) {
 }
 
 TEST(image_decode_rejects_oversized_file) {
-    const char *path = tmp_file("huge.png");
+    const char *path = test_tmp_path("huge.png");
     FILE *f = fopen(path, "wb");
     if (!CHECK(f != NULL)) return;
     static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
@@ -556,14 +577,40 @@ TEST(image_decode_rejects_oversized_file) {
 
 TEST(image_decode_bad_arguments) {
     struct vlm_image img = {0};
-    struct err_capture cap;
-    char msg[1024];
+        char msg[1024];
     uint8_t b[8] = {0};
-    capture_begin(&cap);
+    test_capture_begin();
     enum vlm_status st1 = img_decode_memory(NULL, 10, "x", &img);
     enum vlm_status st2 = img_decode_memory(b, sizeof b, NULL, NULL);
-    capture_end(&cap, msg, sizeof msg);
+    test_capture_end(msg, sizeof msg);
     CHECK_EQ(st1, VLM_ERR_ARG);
     CHECK_EQ(st2, VLM_ERR_ARG);
     CHECK(img.rgb == NULL);
+}
+
+/* A Huffman table that declares more than 256 codes makes the stb_image we link write past its tables; the
+ * decoder must refuse it first (vision/jpeg_check.c). Crafted here from a valid flat JPEG, and the fuzzer's
+ * regression file. */
+TEST(image_decode_rejects_oversized_huffman_table) {
+    const int grey[1] = {90};
+    struct bytes ok = make_flat_jpeg(8, 8, 1, grey);
+    struct vlm_image img;
+    if (decode_ok(ok.p, ok.n, &img)) img_free(&img);
+    /* insert, right after SOI, an AC table with 16 codes of each length 1..16 = 256 + 16 = 272 codes */
+    struct bytes bad = {0};
+    put(&bad, ok.p, 2);
+    const size_t n_codes = 272;
+    uint8_t hdr[5 + 16] = {0xFF, 0xC4, (uint8_t)((3 + 16 + n_codes) >> 8), (uint8_t)(3 + 16 + n_codes), 0x11};
+    for (int i = 0; i < 16; i++) hdr[5 + i] = 17;
+    put(&bad, hdr, sizeof hdr);
+    uint8_t vals[272];
+    for (size_t i = 0; i < n_codes; i++) vals[i] = (uint8_t)i;
+    put(&bad, vals, n_codes);
+    put(&bad, ok.p + 2, ok.n - 2);
+    expect_memory_error(bad.p, bad.n, VLM_ERR_FORMAT, "Huffman table declares 272 codes");
+    free(bad.p);
+    free(ok.p);
+    expect_load_error(test_path("tests/data/bad/jpeg_dht_overflow.jpg"), VLM_ERR_FORMAT, "Huffman");
+    /* fuzzer find: an oversized table in a DHT segment cut off by the end of the file */
+    expect_load_error(test_path("tests/data/bad/jpeg_dht_truncated.jpg"), VLM_ERR_FORMAT, "past the end");
 }

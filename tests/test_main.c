@@ -118,21 +118,57 @@ static const char *tmp_root(void) {
     return g_tmp_root;
 }
 
-const char *test_tmpdir(void) {
-    /* Each call returns its own string (kept until exit), so earlier results stay valid. */
-    static char bufs[256][600];
-    if (g_tmp_seq >= 256) {
-        fprintf(stderr, "test: too many temporary directories\n");
-        exit(2);
+/* Every path handed out stays valid until exit (kept in this list, freed by the runner). */
+static char **g_tmp_paths;
+static size_t g_n_tmp_paths, g_cap_tmp_paths;
+
+static const char *keep_path(char *p) {
+    if (g_n_tmp_paths == g_cap_tmp_paths) {
+        size_t cap = g_cap_tmp_paths ? 2 * g_cap_tmp_paths : 64;
+        char **np = realloc(g_tmp_paths, cap * sizeof *np);
+        if (!np) {
+            fprintf(stderr, "test: out of memory\n");
+            exit(2);
+        }
+        g_tmp_paths = np, g_cap_tmp_paths = cap;
     }
-    char *buf = bufs[g_tmp_seq];
-    snprintf(buf, sizeof bufs[0], "%s/%d", tmp_root(), g_tmp_seq + 1);
-    g_tmp_seq++;
+    return g_tmp_paths[g_n_tmp_paths++] = p;
+}
+
+const char *test_tmpdir(void) {
+    char *buf = malloc(600);
+    if (!buf) exit(2);
+    snprintf(buf, 600, "%s/%d", tmp_root(), ++g_tmp_seq);
     if (mkdir(buf, 0700) != 0) {
         perror(buf);
         exit(2);
     }
-    return buf;
+    return keep_path(buf);
+}
+
+const char *test_tmp_path(const char *name) {
+    const char *dir = test_tmpdir();
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (!p) exit(2);
+    snprintf(p, n, "%s/%s", dir, name);
+    return keep_path(p);
+}
+
+void test_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    bool ok = f && fwrite(data, 1, n, f) == n;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok) test_fail(__FILE__, __LINE__, "cannot write %s", path);
+}
+
+uint32_t test_crc32(const uint8_t *p, size_t n) {
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+    }
+    return c ^ 0xffffffffu;
 }
 
 int test_run_cmd(const char *cmdline, char *err_buf, size_t cap) {
@@ -151,6 +187,58 @@ int test_run_cmd(const char *cmdline, char *err_buf, size_t cap) {
     }
     if (rc == -1 || !WIFEXITED(rc)) return -1;
     return WEXITSTATUS(rc);
+}
+
+#define MAX_CAPTURE_DEPTH 8
+static struct {
+    FILE *file;
+    int saved_fd;
+} g_captures[MAX_CAPTURE_DEPTH];
+static int g_n_captures;
+
+void test_capture_begin(void) {
+    if (g_n_captures >= MAX_CAPTURE_DEPTH) {
+        fprintf(stderr, "test: stderr captures nested too deep\n");
+        exit(2);
+    }
+    fflush(stderr);
+    FILE *f = tmpfile();
+    int saved = dup(2);
+    if (!f || saved < 0 || dup2(fileno(f), 2) < 0) {
+        perror("test: cannot capture stderr");
+        exit(2);
+    }
+    g_captures[g_n_captures].file = f;
+    g_captures[g_n_captures].saved_fd = saved;
+    g_n_captures++;
+}
+
+size_t test_capture_end(char *buf, size_t cap) {
+    if (g_n_captures <= 0) {
+        fprintf(stderr, "test: test_capture_end without test_capture_begin\n");
+        exit(2);
+    }
+    fflush(stderr);
+    g_n_captures--;
+    FILE *f = g_captures[g_n_captures].file;
+    dup2(g_captures[g_n_captures].saved_fd, 2);
+    close(g_captures[g_n_captures].saved_fd);
+    long total = ftell(f);
+    rewind(f);
+    size_t n = cap ? fread(buf, 1, cap - 1, f) : 0;
+    if (cap) buf[n] = 0;
+    fclose(f);
+    return total > 0 ? (size_t)total : 0;
+}
+
+bool test_check_error_line(const char *msg, const char *needle1, const char *needle2, const char *file, int line) {
+    const char *nl = strchr(msg, '\n');
+    bool ok = strncmp(msg, "vlmrun: error: ", 15) == 0 && nl && nl[1] == '\0' &&
+              (!needle1 || strstr(msg, needle1)) && (!needle2 || strstr(msg, needle2));
+    if (!ok)
+        test_fail(file, line, "want one 'vlmrun: error:' line containing '%s'%s%s, got: %s", needle1 ? needle1 : "",
+                  needle2 ? " and " : "", needle2 ? needle2 : "", msg);
+    return ok;
 }
 
 double test_max_abs_diff(const float *a, const float *b, int64_t n) {
@@ -187,11 +275,20 @@ int main(int argc, char **argv) {
         if (filter && !strstr(g_cases[i].name, filter)) continue;
         g_case_name = g_cases[i].name;
         g_case_failed = g_case_skipped = 0;
-        double t0 = 0;
-        if (g_verbose) fprintf(stderr, "RUN  %s (%s)\n", g_cases[i].name, g_cases[i].file), t0 = 0;
-        (void)t0;
+        if (g_verbose) fprintf(stderr, "RUN  %s (%s)\n", g_cases[i].name, g_cases[i].file);
+        /* quiet on success: the case's stderr (expected error lines included) is shown only when it fails */
+        test_capture_begin();
         g_cases[i].fn();
-        if (g_case_failed) failed++;
+        static char log[1 << 16];
+        size_t n_log = test_capture_end(log, sizeof log);
+        if ((g_case_failed || g_verbose) && n_log) {
+            fputs(log, stderr);
+            if (n_log >= sizeof log) fprintf(stderr, "[... %zu more bytes of output]\n", n_log - sizeof log + 1);
+        }
+        if (g_case_failed) {
+            failed++;
+            fprintf(stderr, "FAILED %s (%s)\n", g_cases[i].name, g_cases[i].file);
+        }
         else if (g_case_skipped) skipped++;
         else {
             passed++;
@@ -203,6 +300,8 @@ int main(int argc, char **argv) {
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp_root);
         if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", g_tmp_root);
     }
+    for (size_t i = 0; i < g_n_tmp_paths; i++) free(g_tmp_paths[i]);
+    free(g_tmp_paths);
     if (skipped) printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
     else printf("%d passed, %d failed\n", passed, failed);
     return failed > 0 ? 1 : 0;

@@ -2,7 +2,7 @@
  * F16 sharded) load with the right scheme, tying and values; re-named copies of tiny_single load under the other
  * naming schemes to the very same arena; every broken model directory (wrong shape, missing tensor, tying rule,
  * NaN, dtype, configs) is rejected with the right status and one line naming the tensor and file. Model dirs are
- * written in fresh_dir() from tiny_single's tensors. */
+ * written in test_tmpdir() from tiny_single's tensors. */
 #include "test.h"
 
 #include <fcntl.h>
@@ -25,17 +25,6 @@
  * helpers: a tensor list taken from a checkpoint, edited, written back as a model directory
  * ------------------------------------------------------------------------------------------------------------- */
 
-/* The harness caps temporary directories per run, so this file takes one (test_tmpdir) and makes numbered
- * subdirectories in it: each call returns a new, empty directory (ring of 64 names: use promptly). */
-static const char *fresh_dir(void) {
-    static char root[700], bufs[64][760];
-    static int seq;
-    if (!root[0]) snprintf(root, sizeof root, "%s", test_tmpdir());
-    char *b = bufs[seq & 63];
-    snprintf(b, sizeof bufs[0], "%s/%d", root, ++seq);
-    if (mkdir(b, 0700) != 0) FAIL("cannot create %s", b);
-    return b;
-}
 
 struct wt {
     char name[ST_MAX_NAME + 1];
@@ -154,9 +143,7 @@ static void write_tensors(const struct wlist *l, const char *dir, const char *fi
 static void write_text(const char *dir, const char *name, const char *text) {
     char path[700];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fputs(text, f) < 0) FAIL("cannot write %s", path);
-    if (f) fclose(f);
+    test_write_file(path, text, strlen(text));
 }
 
 /* Copies src's config.json (every `from` replaced by `to` when from != NULL; FAIL when absent) and
@@ -198,28 +185,10 @@ static void copy_configs(const char *src_rel, const char *dst, const char *from,
 
 /* Loads dir with stderr captured into err. On failure checks *out untouched and exactly one stderr line. */
 static enum vlm_status load_capture(const char *dir, struct vlm_model **out, char *err, size_t cap) {
-    char errpath[700];
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", fresh_dir());
-    fflush(stderr);
-    int saved = dup(2), fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (saved < 0 || fd < 0) {
-        FAIL("cannot redirect stderr");
-        return VLM_ERR_IO;
-    }
-    dup2(fd, 2);
-    close(fd);
     struct vlm_model *sentinel = (struct vlm_model *)(uintptr_t)0x5678, *m = sentinel;
+    test_capture_begin();
     enum vlm_status st = vlm_model_load(dir, &m);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    err[0] = 0;
-    FILE *f = fopen(errpath, "rb");
-    if (f) {
-        size_t n = fread(err, 1, cap - 1, f);
-        err[n] = 0;
-        fclose(f);
-    }
+    test_capture_end(err, cap);
     if (test_verbose() && err[0]) fprintf(stderr, "  stderr: %s", err);
     const char *nl = strchr(err, '\n');
     if (!nl || nl[1] != '\0') FAIL("expected exactly one stderr line, got: %s", err);
@@ -389,7 +358,7 @@ TEST(model_load_module_scheme) {
                             variant ? "model.vision_tower." : "model.vision_tower.vision_model.");
         wlist_rename_prefix(&l, "multi_modal_projector.", "model.multi_modal_projector.");
         wlist_rename_prefix(&l, "image_newline", "model.image_newline");
-        const char *dir = fresh_dir();
+        const char *dir = test_tmpdir();
         write_tensors(&l, dir, "model.safetensors", 0, 1);
         copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
         st_checkpoint_close(l.ck);
@@ -406,7 +375,7 @@ TEST(model_load_lmms_scheme) {
     wlist_rename_prefix(&l, "multi_modal_projector.linear_1.", "model.mm_projector.0.");
     wlist_rename_prefix(&l, "multi_modal_projector.linear_2.", "model.mm_projector.2.");
     wlist_rename_prefix(&l, "image_newline", "model.image_newline");
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     st_checkpoint_close(l.ck);
@@ -416,7 +385,7 @@ TEST(model_load_lmms_scheme) {
 TEST(model_load_sharded_copy) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model-00001-of-00002.safetensors", 0, 2);
     write_tensors(&l, dir, "model-00002-of-00002.safetensors", 1, 2);
     char idx[1 << 16];
@@ -443,7 +412,7 @@ TEST(model_load_wrong_shape) {
     if (!wlist_load(&l, TINY_SINGLE)) return;
     struct wt *t = wlist_find(&l, "language_model.model.layers.0.mlp.gate_proj.weight");
     if (t) t->shape[0] = 64, t->shape[1] = 128; /* same bytes, transposed shape */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     st_checkpoint_close(l.ck);
@@ -456,7 +425,7 @@ TEST(model_load_wrong_rank_patch) {
     if (!wlist_load(&l, TINY_SINGLE)) return;
     struct wt *t = wlist_find(&l, "vision_tower.vision_model.embeddings.patch_embedding.weight");
     if (t) t->n_dims = 2, t->shape[1] = 588; /* pre-flattened: not the checkpoint layout */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     st_checkpoint_close(l.ck);
@@ -467,7 +436,7 @@ TEST(model_load_missing_tensor) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
     CHECK_EQ(wlist_drop(&l, "language_model.model.layers.1.self_attn.k_proj.bias"), 1);
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     st_checkpoint_close(l.ck);
@@ -478,7 +447,7 @@ TEST(model_load_no_embed_tokens) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
     CHECK_EQ(wlist_drop(&l, "embed_tokens"), 1);
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     st_checkpoint_close(l.ck);
@@ -489,7 +458,7 @@ TEST(model_load_tying_rule) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
     /* lm_head absent, text_config.tie_word_embeddings false: a format error */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, "\"tie_word_embeddings\": true", "\"tie_word_embeddings\": false", NULL, NULL);
     EXPECT_FAIL(dir, VLM_ERR_FORMAT, "no tensor 'language_model.lm_head.weight'", "tie_word_embeddings", NULL);
@@ -501,7 +470,7 @@ TEST(model_load_tying_rule) {
     memcpy(lm, e->data, e->bytes);
     lm[5] = 42.0f;
     wlist_add(&l, "language_model.lm_head.weight", "F32", 1024, 64, lm, e->bytes);
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, NULL, NULL);
     struct vlm_model *m = load_ok(dir2);
@@ -514,7 +483,7 @@ TEST(model_load_tying_rule) {
     /* lm_head rows != embed rows */
     l.t[l.n - 1].shape[0] = 1000;
     l.t[l.n - 1].bytes = 1000 * 64 * sizeof(float);
-    const char *dir3 = fresh_dir();
+    const char *dir3 = test_tmpdir();
     write_tensors(&l, dir3, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir3, NULL, NULL, NULL, NULL);
     EXPECT_FAIL(dir3, VLM_ERR_FORMAT, "'language_model.lm_head.weight' has shape [1000, 64]", "expected [1024, 64]",
@@ -536,7 +505,7 @@ TEST(model_load_padded_embedding_rows) {
     memcpy(big, e->data, e->bytes);
     big[1087 * 64] = 7.0f;
     e->data = big, e->bytes = bytes, e->shape[0] = 1088;
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     struct vlm_model *m = load_ok(dir);
@@ -547,7 +516,7 @@ TEST(model_load_padded_embedding_rows) {
     vlm_model_free(m);
     /* fewer rows than the vocabulary: rejected */
     e->shape[0] = 1000, e->bytes = 1000 * 64 * sizeof(float);
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, NULL, NULL);
     EXPECT_FAIL(dir2, VLM_ERR_FORMAT, "embed_tokens.weight' has shape [1000, 64]", "1024 <= rows", NULL);
@@ -569,7 +538,7 @@ TEST(model_load_non_finite) {
         copy[77] = specials[s];
         const void *orig = t->data;
         t->data = copy;
-        const char *dir = fresh_dir();
+        const char *dir = test_tmpdir();
         write_tensors(&l, dir, "model.safetensors", 0, 1);
         copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
         EXPECT_FAIL(dir, VLM_ERR_FORMAT, "'vision_tower.vision_model.encoder.layers.1.mlp.fc2.weight'", "non-finite",
@@ -588,14 +557,14 @@ TEST(model_load_dtypes) {
     if (!t) goto done;
     /* I32 is a valid safetensors dtype the model cannot use */
     t->dtype = "I32";
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     EXPECT_FAIL(dir, VLM_ERR_UNSUPPORTED, "'language_model.model.norm.weight' has dtype I32", NULL, NULL);
     /* one F16 tensor among F32 ones: loads, summary says mixed */
     static const uint16_t ones[64] = {[0 ... 63] = 0x3c00};
     t->dtype = "F16", t->data = ones, t->bytes = sizeof ones;
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, NULL, NULL);
     struct vlm_model *m = load_ok(dir2);
@@ -614,7 +583,7 @@ TEST(model_load_only_needed_vision_layers) {
     CHECK_EQ(wlist_drop(&l, "encoder.layers.1."), 16);
     CHECK_EQ(wlist_drop(&l, "post_layernorm"), 2);
     /* feature layer -2 = output of layer 1 (1-based): layer index 1 is never needed */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, "\"vision_feature_layer\": -1", "\"vision_feature_layer\": -2", NULL, NULL);
     struct vlm_model *m = load_ok(dir);
@@ -624,14 +593,14 @@ TEST(model_load_only_needed_vision_layers) {
     }
     vlm_model_free(m);
     /* with -1 the dropped layer is required */
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, NULL, NULL);
     EXPECT_FAIL(dir2, VLM_ERR_FORMAT, "no tensor 'vision_tower.vision_model.encoder.layers.1.layer_norm1.weight'",
                 NULL, NULL);
     /* feature layer 0 (embeddings only): no encoder layer at all */
     CHECK_EQ(wlist_drop(&l, "encoder.layers.0."), 16);
-    const char *dir3 = fresh_dir();
+    const char *dir3 = test_tmpdir();
     write_tensors(&l, dir3, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir3, "\"vision_feature_layer\": -1", "\"vision_feature_layer\": 0", NULL, NULL);
     m = load_ok(dir3);
@@ -644,14 +613,14 @@ TEST(model_load_projector_variants) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
     /* two feature layers: linear_1 must be [64, 128], the fixture's [64, 64] is rejected */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, "\"vision_feature_layer\": -1", "\"vision_feature_layer\": [-2, -1]", NULL, NULL);
     EXPECT_FAIL(dir, VLM_ERR_FORMAT, "'multi_modal_projector.linear_1.weight' has shape [64, 64]", "expected [64, 128]",
                 NULL);
     /* no projector bias: the bias tensors are not needed (and ignored when present) */
     CHECK_EQ(wlist_drop(&l, "multi_modal_projector.linear_1.bias"), 1);
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, "\"multimodal_projector_bias\": true", "\"multimodal_projector_bias\": false",
                  NULL, NULL);
@@ -668,16 +637,16 @@ TEST(model_load_missing_files) {
     CHECK(m == (struct vlm_model *)(uintptr_t)0x77);
     vlm_model_free(NULL); /* no-op */
     char none[700];
-    snprintf(none, sizeof none, "%s/does-not-exist", fresh_dir());
+    snprintf(none, sizeof none, "%s/does-not-exist", test_tmpdir());
     EXPECT_FAIL(none, VLM_ERR_IO, "config.json", NULL, NULL);
     /* configs without weights */
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
     EXPECT_FAIL(dir, VLM_ERR_IO, "model.safetensors", NULL, NULL);
     /* weights and config without preprocessor_config.json */
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, NULL, NULL);
     char pp[700];
@@ -685,7 +654,7 @@ TEST(model_load_missing_files) {
     CHECK(unlink(pp) == 0);
     EXPECT_FAIL(dir2, VLM_ERR_IO, "preprocessor_config.json", NULL, NULL);
     /* an empty model.safetensors */
-    const char *dir3 = fresh_dir();
+    const char *dir3 = test_tmpdir();
     copy_configs(TINY_SINGLE, dir3, NULL, NULL, NULL, NULL);
     write_text(dir3, "model.safetensors", "");
     EXPECT_FAIL(dir3, VLM_ERR_FORMAT, "model.safetensors", "too short", NULL);
@@ -695,23 +664,23 @@ TEST(model_load_missing_files) {
 TEST(model_load_config_mismatches) {
     struct wlist l;
     if (!wlist_load(&l, TINY_SINGLE)) return;
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_tensors(&l, dir, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir, "\"llava_onevision\"", "\"llama\"", NULL, NULL);
     EXPECT_FAIL(dir, VLM_ERR_UNSUPPORTED, "model_type", "llama", NULL);
     /* processor crop size != vision image_size */
-    const char *dir2 = fresh_dir();
+    const char *dir2 = test_tmpdir();
     write_tensors(&l, dir2, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir2, NULL, NULL, "\"size\": {\n    \"height\": 56,\n    \"width\": 56\n  }",
                  "\"size\": {\"height\": 28, \"width\": 28}");
     EXPECT_FAIL(dir2, VLM_ERR_FORMAT, "preprocessor_config.json", "image_size", NULL);
     /* processor pinpoints that differ from the model's */
-    const char *dir3 = fresh_dir();
+    const char *dir3 = test_tmpdir();
     write_tensors(&l, dir3, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir3, NULL, NULL, "336,\n      336", "336,\n      280");
     EXPECT_FAIL(dir3, VLM_ERR_FORMAT, "image_grid_pinpoints", "differs", NULL);
     /* a config whose dims disagree with the weights: every tensor is checked against config.json */
-    const char *dir4 = fresh_dir();
+    const char *dir4 = test_tmpdir();
     write_tensors(&l, dir4, "model.safetensors", 0, 1);
     copy_configs(TINY_SINGLE, dir4, "\"intermediate_size\": 128,\n    \"layer_types\"",
                  "\"intermediate_size\": 256,\n    \"layer_types\"", NULL, NULL);

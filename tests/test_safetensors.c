@@ -1,7 +1,7 @@
 /* test_safetensors.c — the strict safetensors reader (runtime/safetensors.c) against hand-written files: every rule
  * of targets.md §6.1 violated once (right status, no crash, one error line), exact F32/F16/BF16 conversion, lookup,
  * sharded checkpoints and their index rules, and a multi-GB sparse file. All files are written at test time in
- * fresh_dir(). */
+ * test_tmpdir(). */
 #include "test.h"
 
 #include <fcntl.h>
@@ -19,17 +19,6 @@
  * helpers
  * ------------------------------------------------------------------------------------------------------------- */
 
-/* The harness caps temporary directories per run, so this file takes one (test_tmpdir) and makes numbered
- * subdirectories in it: each call returns a new, empty directory (ring of 64 names: use promptly). */
-static const char *fresh_dir(void) {
-    static char root[700], bufs[64][760];
-    static int seq;
-    if (!root[0]) snprintf(root, sizeof root, "%s", test_tmpdir());
-    char *b = bufs[seq & 63];
-    snprintf(b, sizeof bufs[0], "%s/%d", root, ++seq);
-    if (mkdir(b, 0700) != 0) FAIL("cannot create %s", b);
-    return b;
-}
 
 /* Writes dir/name: 8-byte little-endian declared_len, then hdr (hdr_len bytes), then data. Returns the path
  * (static ring of buffers). */
@@ -62,37 +51,16 @@ static const char *write_st(const char *dir, const char *name, const char *hdr, 
 static void write_text(const char *dir, const char *name, const char *text) {
     char path[700];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    if (!f || fputs(text, f) < 0) FAIL("cannot write %s", path);
-    if (f) fclose(f);
+    test_write_file(path, text, strlen(text));
 }
 
 /* Runs st_file_open with stderr captured; returns the status, copies the error text into err. Checks that a
  * failure leaves *out untouched and prints exactly one line. */
 static enum vlm_status open_capture(const char *path, char *err, size_t cap) {
-    char errpath[700];
-    snprintf(errpath, sizeof errpath, "%s/stderr.txt", fresh_dir());
-    fflush(stderr);
-    int saved = dup(2);
-    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (saved < 0 || fd < 0) {
-        FAIL("cannot redirect stderr");
-        return VLM_ERR_IO;
-    }
-    dup2(fd, 2);
-    close(fd);
     struct st_checkpoint *sentinel = (struct st_checkpoint *)(uintptr_t)0x1234, *ck = sentinel;
+    test_capture_begin();
     enum vlm_status st = st_file_open(path, &ck);
-    fflush(stderr);
-    dup2(saved, 2);
-    close(saved);
-    err[0] = 0;
-    FILE *f = fopen(errpath, "rb");
-    if (f) {
-        size_t n = fread(err, 1, cap - 1, f);
-        err[n] = 0;
-        fclose(f);
-    }
+    test_capture_end(err, cap);
     if (st == VLM_OK) {
         st_checkpoint_close(ck);
     } else {
@@ -127,7 +95,7 @@ static const unsigned char k_zero[64];
 
 TEST(st_missing_file) {
     char path[700];
-    snprintf(path, sizeof path, "%s/nope.safetensors", fresh_dir());
+    snprintf(path, sizeof path, "%s/nope.safetensors", test_tmpdir());
     expect_reject(path, VLM_ERR_IO, "cannot open");
 }
 
@@ -136,7 +104,7 @@ TEST(st_missing_dir) {
     CHECK_EQ(st_checkpoint_open("/nonexistent/dir/for/vlmrun", &ck), VLM_ERR_IO);
     CHECK(ck == NULL);
     char d[700];
-    snprintf(d, sizeof d, "%s", fresh_dir()); /* exists, but holds no checkpoint */
+    snprintf(d, sizeof d, "%s", test_tmpdir()); /* exists, but holds no checkpoint */
     CHECK_EQ(st_checkpoint_open(d, &ck), VLM_ERR_IO);
     CHECK(ck == NULL);
 }
@@ -150,7 +118,7 @@ TEST(st_null_args) {
 }
 
 TEST(st_empty_file) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     char path[700];
     snprintf(path, sizeof path, "%s/empty.safetensors", dir);
     FILE *f = fopen(path, "wb");
@@ -159,7 +127,7 @@ TEST(st_empty_file) {
 }
 
 TEST(st_seven_bytes) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     char path[700];
     snprintf(path, sizeof path, "%s/seven.safetensors", dir);
     FILE *f = fopen(path, "wb");
@@ -169,37 +137,37 @@ TEST(st_seven_bytes) {
 
 TEST(st_header_len_past_eof) {
     const char *h = "{}";
-    expect_reject(write_file(fresh_dir(), "a.safetensors", 1000, h, 2, NULL, 0), VLM_ERR_FORMAT, "past the end");
+    expect_reject(write_file(test_tmpdir(), "a.safetensors", 1000, h, 2, NULL, 0), VLM_ERR_FORMAT, "past the end");
 }
 
 TEST(st_header_len_over_limit) {
     const char *h = "{}";
-    expect_reject(write_file(fresh_dir(), "a.safetensors", 100000001ull, h, 2, NULL, 0), VLM_ERR_FORMAT, "limit");
+    expect_reject(write_file(test_tmpdir(), "a.safetensors", 100000001ull, h, 2, NULL, 0), VLM_ERR_FORMAT, "limit");
     /* a length that would wrap 8 + N */
-    expect_reject(write_file(fresh_dir(), "b.safetensors", UINT64_MAX - 3, h, 2, NULL, 0), VLM_ERR_FORMAT, "limit");
+    expect_reject(write_file(test_tmpdir(), "b.safetensors", UINT64_MAX - 3, h, 2, NULL, 0), VLM_ERR_FORMAT, "limit");
 }
 
 TEST(st_header_zero_len) {
-    expect_reject(write_file(fresh_dir(), "a.safetensors", 0, NULL, 0, NULL, 0), VLM_ERR_FORMAT, "'{'");
+    expect_reject(write_file(test_tmpdir(), "a.safetensors", 0, NULL, 0, NULL, 0), VLM_ERR_FORMAT, "'{'");
 }
 
 TEST(st_header_not_brace) {
-    expect_reject(write_st(fresh_dir(), "a.safetensors", " {}", NULL, 0), VLM_ERR_FORMAT, "'{'");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", " {}", NULL, 0), VLM_ERR_FORMAT, "'{'");
     /* a top-level array cannot start with '{' either */
-    expect_reject(write_st(fresh_dir(), "b.safetensors", "[{\"a\":1}]", NULL, 0), VLM_ERR_FORMAT, "'{'");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", "[{\"a\":1}]", NULL, 0), VLM_ERR_FORMAT, "'{'");
 }
 
 TEST(st_invalid_json) {
-    expect_reject(write_st(fresh_dir(), "a.safetensors", "{\"a\": }", NULL, 0), VLM_ERR_FORMAT, "JSON");
-    expect_reject(write_st(fresh_dir(), "b.safetensors", "{\"a\": {\"dtype\": \"F32\"", NULL, 0), VLM_ERR_FORMAT,
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", "{\"a\": }", NULL, 0), VLM_ERR_FORMAT, "JSON");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", "{\"a\": {\"dtype\": \"F32\"", NULL, 0), VLM_ERR_FORMAT,
                   NULL);
     /* something after the object other than padding spaces */
-    expect_reject(write_st(fresh_dir(), "c.safetensors", "{}x", NULL, 0), VLM_ERR_FORMAT, "after the JSON");
-    expect_reject(write_st(fresh_dir(), "d.safetensors", "{}{}", NULL, 0), VLM_ERR_FORMAT, "after the JSON");
+    expect_reject(write_st(test_tmpdir(), "c.safetensors", "{}x", NULL, 0), VLM_ERR_FORMAT, "after the JSON");
+    expect_reject(write_st(test_tmpdir(), "d.safetensors", "{}{}", NULL, 0), VLM_ERR_FORMAT, "after the JSON");
 }
 
 TEST(st_header_bytes_not_utf8_or_control) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     /* invalid UTF-8 (a lone continuation byte) inside a metadata string */
     expect_reject(write_st(dir, "a.safetensors", "{\"__metadata__\": {\"k\": \"\x80\"}}", NULL, 0), VLM_ERR_FORMAT,
                   "UTF-8");
@@ -228,19 +196,19 @@ TEST(st_header_bytes_not_utf8_or_control) {
 TEST(st_duplicate_key) {
     const char *h = "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
                     " \"w\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "twice");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "twice");
     /* a duplicated field inside one tensor entry */
     const char *h2 = "{\"w\": {\"dtype\": \"F32\", \"dtype\": \"F16\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_reject(write_st(fresh_dir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "twice");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "twice");
 }
 
 TEST(st_unknown_dtype) {
     const char *h = "{\"w\": {\"dtype\": \"F17\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 4), VLM_ERR_FORMAT, "dtype");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 4), VLM_ERR_FORMAT, "dtype");
     const char *h2 = "{\"w\": {\"dtype\": 3, \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_reject(write_st(fresh_dir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "dtype");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "dtype");
     const char *h3 = "{\"w\": {\"dtype\": \"f32\", \"shape\": [1], \"data_offsets\": [0, 4]}}"; /* case matters */
-    expect_reject(write_st(fresh_dir(), "c.safetensors", h3, k_zero, 4), VLM_ERR_FORMAT, "dtype");
+    expect_reject(write_st(test_tmpdir(), "c.safetensors", h3, k_zero, 4), VLM_ERR_FORMAT, "dtype");
 }
 
 TEST(st_other_dtypes_accepted_and_marked) {
@@ -248,7 +216,7 @@ TEST(st_other_dtypes_accepted_and_marked) {
                     " \"b\": {\"dtype\": \"BOOL\", \"shape\": [3], \"data_offsets\": [16, 19]},"
                     " \"c\": {\"dtype\": \"F8_E4M3\", \"shape\": [1], \"data_offsets\": [19, 20]},"
                     " \"d\": {\"dtype\": \"F4\", \"shape\": [4], \"data_offsets\": [20, 22]}}";
-    const char *path = write_st(fresh_dir(), "a.safetensors", h, k_zero, 22);
+    const char *path = write_st(test_tmpdir(), "a.safetensors", h, k_zero, 22);
     struct st_checkpoint *ck = NULL;
     if (!CHECK(st_file_open(path, &ck) == VLM_OK)) return;
     const struct st_tensor *a = st_checkpoint_find(ck, "a"), *d = st_checkpoint_find(ck, "d");
@@ -260,11 +228,11 @@ TEST(st_other_dtypes_accepted_and_marked) {
     st_checkpoint_close(ck);
     /* 3 F4 values are 12 bits: not a whole number of bytes */
     const char *h2 = "{\"d\": {\"dtype\": \"F4\", \"shape\": [3], \"data_offsets\": [0, 2]}}";
-    expect_reject(write_st(fresh_dir(), "b.safetensors", h2, k_zero, 2), VLM_ERR_FORMAT, "whole number");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", h2, k_zero, 2), VLM_ERR_FORMAT, "whole number");
 }
 
 TEST(st_bad_shape) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     expect_reject(write_st(dir, "a.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [-1], "
                                                  "\"data_offsets\": [0, 4]}}", k_zero, 4), VLM_ERR_FORMAT, "shape");
     expect_reject(write_st(dir, "b.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [2.5], "
@@ -288,66 +256,66 @@ TEST(st_bad_shape) {
 
 TEST(st_shape_product_overflow) {
     /* 2^40 x 2^40 elements: the element count overflows int64 */
-    expect_reject(write_st(fresh_dir(), "a.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
                            "[1099511627776, 1099511627776], \"data_offsets\": [0, 0]}}", NULL, 0), VLM_ERR_FORMAT,
                   "overflow");
     /* 2^31 x 2^31 fits int64 (2^62) but x 32 bits overflows */
-    expect_reject(write_st(fresh_dir(), "b.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
                            "[2147483648, 2147483648], \"data_offsets\": [0, 0]}}", NULL, 0), VLM_ERR_FORMAT,
                   "overflow");
     /* a zero dimension makes the product 0 even next to a huge one: legal, zero bytes */
-    expect_ok(write_st(fresh_dir(), "c.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
+    expect_ok(write_st(test_tmpdir(), "c.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
                        "[0, 4503599627370496], \"data_offsets\": [0, 0]}}", NULL, 0));
     /* a dimension beyond 2^53 cannot be represented exactly: rejected */
-    expect_reject(write_st(fresh_dir(), "d.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
+    expect_reject(write_st(test_tmpdir(), "d.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": "
                            "[18446744073709551616], \"data_offsets\": [0, 0]}}", NULL, 0), VLM_ERR_FORMAT, "shape");
 }
 
 TEST(st_offsets_begin_after_end) {
-    expect_reject(write_st(fresh_dir(), "a.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
                            "\"data_offsets\": [4, 0]}}", k_zero, 4), VLM_ERR_FORMAT, "begin > end");
-    expect_reject(write_st(fresh_dir(), "b.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
                            "\"data_offsets\": [0]}}", k_zero, 4), VLM_ERR_FORMAT, "pair");
-    expect_reject(write_st(fresh_dir(), "c.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
+    expect_reject(write_st(test_tmpdir(), "c.safetensors", "{\"w\": {\"dtype\": \"F32\", \"shape\": [1], "
                            "\"data_offsets\": [-4, 0]}}", k_zero, 4), VLM_ERR_FORMAT, "data_offsets");
 }
 
 TEST(st_gap_between_tensors) {
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
                     " \"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 12]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 12), VLM_ERR_FORMAT, "gap");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 12), VLM_ERR_FORMAT, "gap");
 }
 
 TEST(st_overlapping_tensors) {
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]},"
                     " \"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 12), VLM_ERR_FORMAT,
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 12), VLM_ERR_FORMAT,
                   "tensor 'b' data_offsets [4, 12] overlap the previous tensor ending at 8");
     /* the same bytes claimed twice (aliasing) */
     const char *h2 = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
                      " \"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_reject(write_st(fresh_dir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "overlap");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", h2, k_zero, 4), VLM_ERR_FORMAT, "overlap");
 }
 
 TEST(st_first_begin_not_zero) {
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "not 0");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "not 0");
 }
 
 TEST(st_size_mismatch) {
     const char *h = "{\"a\": {\"dtype\": \"F16\", \"shape\": [3], \"data_offsets\": [0, 8]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "needs 6");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 8), VLM_ERR_FORMAT, "needs 6");
 }
 
 TEST(st_trailing_bytes) {
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 5), VLM_ERR_FORMAT, "trailing");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 5), VLM_ERR_FORMAT, "trailing");
 }
 
 TEST(st_truncated_data) {
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}";
-    expect_reject(write_st(fresh_dir(), "a.safetensors", h, k_zero, 15), VLM_ERR_FORMAT, "truncated");
-    expect_reject(write_st(fresh_dir(), "b.safetensors", h, NULL, 0), VLM_ERR_FORMAT, "truncated");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 15), VLM_ERR_FORMAT, "truncated");
+    expect_reject(write_st(test_tmpdir(), "b.safetensors", h, NULL, 0), VLM_ERR_FORMAT, "truncated");
 }
 
 TEST(st_name_length) {
@@ -355,16 +323,16 @@ TEST(st_name_length) {
     memset(name, 'n', 257);
     name[257] = 0;
     snprintf(hdr, sizeof hdr, "{\"%s\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", name);
-    expect_reject(write_st(fresh_dir(), "a.safetensors", hdr, k_zero, 4), VLM_ERR_FORMAT, "name");
+    expect_reject(write_st(test_tmpdir(), "a.safetensors", hdr, k_zero, 4), VLM_ERR_FORMAT, "name");
     name[256] = 0; /* exactly 256 bytes: fine */
     snprintf(hdr, sizeof hdr, "{\"%s\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}", name);
-    expect_ok(write_st(fresh_dir(), "b.safetensors", hdr, k_zero, 4));
-    expect_reject(write_st(fresh_dir(), "c.safetensors", "{\"\": {\"dtype\": \"F32\", \"shape\": [1], "
+    expect_ok(write_st(test_tmpdir(), "b.safetensors", hdr, k_zero, 4));
+    expect_reject(write_st(test_tmpdir(), "c.safetensors", "{\"\": {\"dtype\": \"F32\", \"shape\": [1], "
                            "\"data_offsets\": [0, 4]}}", k_zero, 4), VLM_ERR_FORMAT, "name");
 }
 
 TEST(st_metadata_rules) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     expect_reject(write_st(dir, "a.safetensors", "{\"__metadata__\": {\"format\": 1}}", NULL, 0), VLM_ERR_FORMAT,
                   "not a string");
     expect_reject(write_st(dir, "b.safetensors", "{\"__metadata__\": [\"pt\"]}", NULL, 0), VLM_ERR_FORMAT,
@@ -377,14 +345,14 @@ TEST(st_metadata_rules) {
 TEST(st_header_padding_and_empty) {
     /* writers pad the header with spaces up to an 8-byte boundary */
     const char *h = "{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}       ";
-    expect_ok(write_st(fresh_dir(), "a.safetensors", h, k_zero, 4));
+    expect_ok(write_st(test_tmpdir(), "a.safetensors", h, k_zero, 4));
     /* no tensors at all is a valid (empty) file */
-    expect_ok(write_st(fresh_dir(), "b.safetensors", "{}", NULL, 0));
+    expect_ok(write_st(test_tmpdir(), "b.safetensors", "{}", NULL, 0));
     /* zero-element tensors share an offset */
     const char *h3 = "{\"a\": {\"dtype\": \"F32\", \"shape\": [0], \"data_offsets\": [0, 0]},"
                      " \"b\": {\"dtype\": \"F16\", \"shape\": [2, 0], \"data_offsets\": [0, 0]},"
                      " \"c\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}";
-    expect_ok(write_st(fresh_dir(), "c.safetensors", h3, k_zero, 4));
+    expect_ok(write_st(test_tmpdir(), "c.safetensors", h3, k_zero, 4));
 }
 
 /* ---------------------------------------------------------------------------------------------------------------
@@ -438,7 +406,7 @@ TEST(st_roundtrip_f32_f16_bf16) {
                     " \"__metadata__\": {\"format\": \"pt\"},"
                     " \"single\": {\"dtype\": \"F32\", \"shape\": [6], \"data_offsets\": [0, 24]},"
                     " \"brain\": {\"dtype\": \"BF16\", \"shape\": [2, 3], \"data_offsets\": [48, 60]}}";
-    const char *path = write_st(fresh_dir(), "model.safetensors", h, data, sizeof data);
+    const char *path = write_st(test_tmpdir(), "model.safetensors", h, data, sizeof data);
     struct st_checkpoint *ck = NULL;
     if (!CHECK(st_file_open(path, &ck) == VLM_OK)) return;
     CHECK_EQ(st_checkpoint_count(ck), 3);
@@ -482,7 +450,7 @@ TEST(st_many_tensors_found_by_name) {
                               "\"data_offsets\": [%d, %d]}", i ? ", " : "", 39 - i, 4 * i, 4 * i + 4);
     }
     snprintf(hdr + k, sizeof hdr - k, "}");
-    const char *path = write_st(fresh_dir(), "m.safetensors", hdr, data, sizeof data);
+    const char *path = write_st(test_tmpdir(), "m.safetensors", hdr, data, sizeof data);
     struct st_checkpoint *ck = NULL;
     if (!CHECK(st_file_open(path, &ck) == VLM_OK)) return;
     CHECK_EQ(st_checkpoint_count(ck), 40);
@@ -503,7 +471,7 @@ TEST(st_multi_gb_sparse_file) {
      * multi-GB file must work. Only the last page is touched. */
     const char *h = "{\"big\": {\"dtype\": \"F16\", \"shape\": [50000, 50000], \"data_offsets\": [0, 5000000000]},"
                     " \"tail\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [5000000000, 5000000004]}}";
-    const char *path = write_st(fresh_dir(), "big.safetensors", h, NULL, 0);
+    const char *path = write_st(test_tmpdir(), "big.safetensors", h, NULL, 0);
     uint64_t total = 8 + strlen(h) + 5000000004ull;
     if (truncate(path, (off_t)total) != 0) {
         FAIL("cannot make a 5 GB sparse file in %s", path);
@@ -558,7 +526,7 @@ static enum vlm_status open_dir(const char *dir) {
 }
 
 TEST(st_sharded_ok) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_two_shards(dir);
     write_text(dir, "model.safetensors.index.json",
                "{\"metadata\": {\"total_size\": 18}, \"weight_map\": {"
@@ -581,7 +549,7 @@ TEST(st_sharded_ok) {
 }
 
 TEST(st_single_file_preferred) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_st(dir, "model.safetensors", "{\"only\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
              k_zero, 4);
     write_text(dir, "model.safetensors.index.json", "not even JSON");
@@ -592,7 +560,7 @@ TEST(st_single_file_preferred) {
 }
 
 TEST(st_index_missing_shard) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_two_shards(dir);
     write_text(dir, "model.safetensors.index.json",
                "{\"weight_map\": {\"x\": \"model-00001-of-00002.safetensors\", \"y\": \"model-00001-of-00002."
@@ -602,7 +570,7 @@ TEST(st_index_missing_shard) {
 }
 
 TEST(st_index_wrong_shard) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_two_shards(dir);
     write_text(dir, "model.safetensors.index.json",
                "{\"weight_map\": {\"x\": \"model-00001-of-00002.safetensors\", \"y\": \"model-00002-of-00002."
@@ -611,7 +579,7 @@ TEST(st_index_wrong_shard) {
 }
 
 TEST(st_index_unsafe_shard_names) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_two_shards(dir);
     const char *bad[] = {"../model-00001-of-00002.safetensors", "sub/model.safetensors", "/etc/passwd", "..", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -623,7 +591,7 @@ TEST(st_index_unsafe_shard_names) {
 }
 
 TEST(st_index_incomplete_or_extra) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_two_shards(dir);
     /* y is in shard 1 but not in the map */
     write_text(dir, "model.safetensors.index.json",
@@ -654,7 +622,7 @@ TEST(st_index_incomplete_or_extra) {
 }
 
 TEST(st_duplicate_name_across_shards) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_st(dir, "s1.safetensors", "{\"x\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
              k_zero, 4);
     write_st(dir, "s2.safetensors", "{\"x\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
@@ -665,7 +633,7 @@ TEST(st_duplicate_name_across_shards) {
 }
 
 TEST(st_bad_shard_content) {
-    const char *dir = fresh_dir();
+    const char *dir = test_tmpdir();
     write_st(dir, "s1.safetensors", "{\"x\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}",
              k_zero, 3); /* truncated */
     write_text(dir, "model.safetensors.index.json", "{\"weight_map\": {\"x\": \"s1.safetensors\"}}");

@@ -81,12 +81,13 @@ LOGIT_GAIN = 3.0  # target std of the logits (so greedy margins are units, not h
 GOLDEN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 1, np.dtype(np.uint8): 2, np.dtype(np.int64): 3}
 
 # The odd architecture: the shapes the "tiny" one lacks. SigLIP head_dim 72 (not a power of two, as so400m's),
-# Qwen2 GQA 7:1 with head_dim 16 (the real 0.5B/7B group is 7:1), vision_feature_layer as a LIST (the hidden states
-# of a middle layer and the last layer concatenated on the channel axis: projector input 2 x 144 = 288), 28-pixel
-# crops (P = 2, 4 patches per crop), per-channel CLIP mean/std, rope_theta 1e4, rms_norm_eps 1e-5.
+# Qwen2 GQA 7:1 with head_dim 16 (the real 0.5B/7B group is 7:1), vision_feature_layer as a LIST (hidden state 0,
+# the patch embeddings, and the output of the last layer concatenated on the channel axis: projector input
+# 2 x 144 = 288), 28-pixel crops (P = 2, 4 patches per crop), per-channel CLIP mean/std, rope_theta 1e4,
+# rms_norm_eps 1e-5. Kept small (F16, 2 + 2 layers, narrow MLPs): the fixture set must stay at a few MB.
 ODD_SIZE = 28
 ODD_PINPOINTS = [[a * ODD_SIZE, b * ODD_SIZE] for a in range(1, 7) for b in range(1, 7)]  # [h, w], height-major
-ODD_FEATURE_LAYER = [-3, -1]  # of 3 + 1 hidden states: output of encoder layer 1, output of layer 3
+ODD_FEATURE_LAYER = [-3, -1]  # of 2 + 1 hidden states: 0 (embeddings + positions), output of encoder layer 2
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -101,9 +102,9 @@ ARCHS = {
         feature_layer=-1, pinpoints=TINY_PINPOINTS, mean=[0.5] * 3, std=[0.5] * 3,
         image_token=IMAGE_TOKEN, video_token=VIDEO_TOKEN, im_start=IM_START, im_end=IM_END),
     "odd": dict(
-        vision=dict(hidden_size=144, intermediate_size=200, num_hidden_layers=3, num_attention_heads=2,
+        vision=dict(hidden_size=144, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                     image_size=ODD_SIZE),
-        text=dict(hidden_size=112, intermediate_size=300, num_hidden_layers=3, num_attention_heads=7,
+        text=dict(hidden_size=112, intermediate_size=128, num_hidden_layers=2, num_attention_heads=7,
                   num_key_value_heads=1, vocab_size=640, rope_theta=1e4, rms_norm_eps=1e-5),
         feature_layer=ODD_FEATURE_LAYER, pinpoints=ODD_PINPOINTS, mean=CLIP_MEAN, std=CLIP_STD,
         image_token=600, video_token=601, im_start=602, im_end=603),
@@ -115,7 +116,7 @@ MODELS = {
     "tiny_single": dict(arch="tiny", dtype=torch.float32, tie=True, legacy_names=True, shard=None, seed=1000),
     "tiny_unpad": dict(arch="tiny", dtype=torch.bfloat16, tie=False, legacy_names=False, shard=None, seed=2000),
     "tiny_pool": dict(arch="tiny", dtype=torch.float16, tie=False, legacy_names=False, shard="200KB", seed=3000),
-    "tiny_odd": dict(arch="odd", dtype=torch.float32, tie=False, legacy_names=False, shard=None, seed=4000),
+    "tiny_odd": dict(arch="odd", dtype=torch.float16, tie=False, legacy_names=False, shard=None, seed=4000),
 }
 
 # Golden cases: model, image, whether to dump every vision layer, whether anyres_max pooling must happen, and what
@@ -764,6 +765,13 @@ def write_real_configs(config_root):
 # Manifest
 # ------------------------------------------------------------------------------------------------------------------
 
+_ODD_V, _ODD_T = ARCHS["odd"]["vision"], ARCHS["odd"]["text"]
+# ODD_FEATURE_LAYER resolved to indices into the tower's num_hidden_layers + 1 hidden states.
+ODD_HIDDEN_IDX = [i % (_ODD_V["num_hidden_layers"] + 1) for i in ODD_FEATURE_LAYER]
+ODD_DF = len(ODD_FEATURE_LAYER) * _ODD_V["hidden_size"]
+# What tiny_odd is for: two distinct feature layers, one of them hidden state 0 (the embeddings, no encoder layer).
+assert len(set(ODD_HIDDEN_IDX)) == 2 and 0 in ODD_HIDDEN_IDX, ODD_HIDDEN_IDX
+
 RECORD_DOCS = [
     ("image_rgb", "u8 (H, W, 3)", "decoded pixels: PIL decode + convert('RGB'). JPEG: libjpeg-turbo's decode; "
                                   "decode with stb_image and compare with a tolerance, then use these for exact "
@@ -775,8 +783,10 @@ RECORD_DOCS = [
                                                   "i = output of encoder layer i (no post_layernorm); "
                                                   "single_png, unpad_png and odd_png only"),
     ("vision_features", "f32 (n_crops, N, Df)", "the projector input: hidden_states[vision_feature_layer] (-1); "
-                                                "tiny_odd's [-3, -1] concatenates hidden_states[1] and "
-                                                "hidden_states[3] on the last axis (Df = 2 x 144)"),
+                                                f"tiny_odd's {ODD_FEATURE_LAYER} concatenates "
+                                                f"{' and '.join(f'hidden_states[{i}]' for i in ODD_HIDDEN_IDX)} "
+                                                f"on the last axis (Df = {len(ODD_FEATURE_LAYER)} x "
+                                                f"{_ODD_V['hidden_size']})"),
     ("projected", "f32 (n_crops, N, D)", "projector output per crop (linear_1, exact erf gelu, linear_2)"),
     ("packed", "f32 (T_img, D)", "pack_image_features: base rows, then unpadded (and pooled) grid map with "
                                  "image_newline after every row"),
@@ -855,14 +865,20 @@ def write_manifest(path, model_facts, case_facts, file_list):
         "(a*56, b*56) a,b in 1..6 [h, w] height-major. Preprocessor: 56 x 56, mean/std 0.5, resample 3 (bicubic), "
         "do_pad true.",
         "",
-        "tiny_odd (the shapes the others lack): SigLIP: hidden 144, 3 layers, 2 heads (head_dim 72, not a power of "
-        "two, as so400m), intermediate 200, image 28, patch 14 (2 x 2 = 4 patches per crop, P = 2), "
-        "gelu_pytorch_tanh, layer_norm_eps 1e-6, no head. Qwen2: hidden 112, 3 layers, 7 heads, 1 kv head (GQA 7:1, "
-        "head_dim 16; config.json has no head_dim key: hidden / heads), intermediate 300, vocab 640, rope_theta 1e4, "
-        "rms_norm_eps 1e-5, untied lm_head. vision_feature_layer [-3, -1] (a JSON list: hidden_states 1 and 3 "
-        "concatenated, projector linear_1 is [112, 288]). image_token_index 600, video 601 (the prompt's "
-        "im_start/im_end play 602/603), strategy full, anyres_max_9, pinpoints (a*28, b*28) a,b in 1..6 [h, w] "
-        "height-major. Preprocessor: 28 x 28, OpenAI CLIP image_mean [0.48145466, 0.4578275, 0.40821073] / "
+        f"tiny_odd (the shapes the others lack): SigLIP: hidden {_ODD_V['hidden_size']}, "
+        f"{_ODD_V['num_hidden_layers']} layers, {_ODD_V['num_attention_heads']} heads (head_dim "
+        f"{_ODD_V['hidden_size'] // _ODD_V['num_attention_heads']}, not a power of two, as so400m), intermediate "
+        f"{_ODD_V['intermediate_size']}, image 28, patch 14 (2 x 2 = 4 patches per crop, P = 2), "
+        f"gelu_pytorch_tanh, layer_norm_eps 1e-6, no head. Qwen2: hidden {_ODD_T['hidden_size']}, "
+        f"{_ODD_T['num_hidden_layers']} layers, {_ODD_T['num_attention_heads']} heads, "
+        f"{_ODD_T['num_key_value_heads']} kv head (GQA 7:1, head_dim "
+        f"{_ODD_T['hidden_size'] // _ODD_T['num_attention_heads']}; config.json has no head_dim key: hidden / "
+        f"heads), intermediate {_ODD_T['intermediate_size']}, vocab {_ODD_T['vocab_size']}, rope_theta 1e4, "
+        f"rms_norm_eps 1e-5, untied lm_head. vision_feature_layer {ODD_FEATURE_LAYER} (a JSON list: hidden_states "
+        f"{' and '.join(str(i) for i in ODD_HIDDEN_IDX)} concatenated, 0 being the patch embeddings + positions; "
+        f"projector linear_1 is [{_ODD_T['hidden_size']}, {ODD_DF}]). image_token_index 600, video 601 (the "
+        "prompt's im_start/im_end play 602/603), strategy full, anyres_max_9, pinpoints (a*28, b*28) a,b in 1..6 "
+        "[h, w] height-major. Preprocessor: 28 x 28, OpenAI CLIP image_mean [0.48145466, 0.4578275, 0.40821073] / "
         "image_std [0.26862954, 0.26130258, 0.27577711], resample 3, do_pad true.",
         "",
         "| model | weights | lm_head | tensor names | weight seed |",
@@ -901,7 +917,8 @@ def write_manifest(path, model_facts, case_facts, file_list):
         "Records (every case has all of them except vision_hidden_*, which only single_png, unpad_png and odd_png "
         "carry). Shapes: S = crop side, N = (S / 14)^2 patches per crop, Dv = vision hidden, Df = projector input "
         "width, D = text hidden, V = vocab, L = decoder layers; tiny_single/unpad/pool: S 56, N 16, Dv = Df = D = 64, "
-        "V 1024, L 2; tiny_odd: S 28, N 4, Dv 144, Df 288, D 112, V 640, L 3.",
+        f"V 1024, L 2; tiny_odd: S 28, N 4, Dv {_ODD_V['hidden_size']}, Df {ODD_DF}, D {_ODD_T['hidden_size']}, "
+        f"V {_ODD_T['vocab_size']}, L {_ODD_T['num_hidden_layers']}.",
         "",
         "| record | type | meaning |",
         "|---|---|---|",

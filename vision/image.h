@@ -28,6 +28,11 @@ enum vlm_status img_load(const char *path, struct vlm_image *out);
 enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *name, struct vlm_image *out);
 void img_free(struct vlm_image *img); /* frees rgb, zeroes the struct; NULL ok */
 
+/* vision/jpeg_check.c: 1 when every Huffman table (DHT segment) of the JPEG in buf[0..len) is one stb_image can
+ * build without writing out of bounds (at most 256 codes, values inside the segment), else 0 with the reason in
+ * why[0..cap). img_decode_memory calls it before stb_image sees a JPEG. */
+int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
+
 /* PIL Image.resize(..., BICUBIC) on uint8 data with c interleaved channels, bit-exact.
  * src (sh, sw, c) -> dst (dh, dw, c). Returns VLM_ERR_OOM when scratch cannot be allocated. */
 enum vlm_status img_resize_bicubic_u8(const uint8_t *src, int64_t sh, int64_t sw, int64_t c, uint8_t *dst,

@@ -4,6 +4,8 @@
  * - Only PNG and JPEG reach the decoder: the magic bytes are checked here first, and stb_image is compiled with
  *   STBI_ONLY_PNG + STBI_ONLY_JPEG, STB_IMAGE_STATIC (a private copy: nobody else can flip its globals) and no
  *   stdio (we read the file ourselves, capped at IMG_MAX_FILE_BYTES).
+ * - JPEG Huffman tables are validated first (vision/jpeg_check.c): the stb_image we link overflows on tables
+ *   with more than 256 codes.
  * - The pixel budget is enforced from the header BEFORE any pixel is decoded: we read width and height from
  *   the PNG IHDR / JPEG SOF ourselves (so the message can quote them even above stb's own per-side limit), then
  *   stbi_info_from_memory must agree, then we decode.
@@ -45,6 +47,10 @@
 #pragma GCC diagnostic ignored "-Wunused-but-set-variable"
 #include <stb/stb_image.h>
 #pragma GCC diagnostic pop
+
+/* stb keeps its last failure reason in a (thread-local) global and some failure paths do not set one, so a stale
+ * reason from an earlier image could be reported; clear it before each call. */
+static void stb_clear_reason(void) { stbi__g_failure_reason = NULL; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * Format sniffing and header dimensions */
@@ -90,7 +96,10 @@ static bool jpeg_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *
     bool have_frame = false;
     *has_eoi = false;
     while (off < len) {
-        if (b[off] != 0xFF) return false; /* garbage between segments */
+        if (b[off] != 0xFF) { /* padding between segments: stb and libjpeg skip it too */
+            off++;
+            continue;
+        }
         while (off < len && b[off] == 0xFF) off++; /* fill bytes */
         if (off >= len) return false;
         uint8_t m = b[off++];
@@ -126,8 +135,9 @@ static bool jpeg_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *
 /* PIL.Image.alpha_composite(white, im) for one channel value v with alpha a, then convert("RGB").
  * PIL's AlphaComposite.c, with the destination alpha fixed at 255, reduces to coef1 = 128·a,
  * coef2 = 128·(255 − a) and out = SHIFTFORDIV255(128·(v·a + 255·(255 − a)) + (0x80 << 7)) >> 7, where
- * SHIFTFORDIV255(x) = ((x >> 8) + x) >> 8. For every (v, a) in 0..255² that equals round((v·a + 255·(255 − a)) / 255)
- * (255 is odd, so there are no ties); checked exhaustively against Pillow 13 and by test image_decode_alpha_all.
+ * SHIFTFORDIV255(x) = ((x >> 8) + x) >> 8. For every (v, a) in 0..255² that equals
+ * round((v·a + 255·(255 − a)) / 255) (255 is odd, so there are no ties): checked exhaustively against Pillow 13,
+ * and test image_decode_alpha_all_pairs_match_pil checks all pairs against PIL's general formula.
  * a = 255 gives v; a = 0 gives 255. */
 static inline uint8_t over_white(uint32_t v, uint32_t a) {
     return (uint8_t)((v * a + 255u * (255u - a) + 127u) / 255u);
@@ -169,6 +179,11 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
             vlm_log_error("%s: truncated JPEG: no end-of-image marker after the image data", name);
             goto fail;
         }
+        char why[160];
+        if (!img_jpeg_tables_ok(buf, len, why, sizeof why)) { /* Debian's stb overflows on these (jpeg_check.c) */
+            vlm_log_error("%s: corrupt JPEG: %s", name, why);
+            goto fail;
+        }
     } else {
         const char *other = other_format_name(buf, len);
         if (other) {
@@ -199,9 +214,11 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
 
     /* stb's own header parse must agree before we let it decode */
     int iw, ih, icomp;
+    stb_clear_reason();
     if (!stbi_info_from_memory(buf, (int)len, &iw, &ih, &icomp)) {
+        const char *why = stbi_failure_reason();
         vlm_log_error("%s: corrupt %s header: %s", name, kind == IMG_KIND_PNG ? "PNG" : "JPEG",
-                      stbi_failure_reason());
+                      why ? why : "rejected by the decoder");
         goto fail;
     }
     if (iw != hw || ih != hh) {
@@ -214,15 +231,17 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
      * colour-key tRNS) arrives the same way; an opaque pixel composites to itself. */
     int want = kind == IMG_KIND_JPEG ? 3 : 4;
     int dw, dh, dcomp;
+    stb_clear_reason();
     px = stbi_load_from_memory(buf, (int)len, &dw, &dh, &dcomp, want);
     if (!px) {
         const char *why = stbi_failure_reason();
+        if (why && kind == IMG_KIND_JPEG && strcmp(why, "Not a PNG") == 0) why = NULL; /* from stb's PNG probe */
         if (why && strcmp(why, "Out of memory") == 0) {
             vlm_log_error("%s: out of memory decoding %lld x %lld pixels", name, (long long)hw, (long long)hh);
             st = VLM_ERR_OOM;
         } else {
             vlm_log_error("%s: corrupt %s data: %s", name, kind == IMG_KIND_PNG ? "PNG" : "JPEG",
-                          why ? why : "unknown error");
+                          why ? why : "rejected by the decoder");
         }
         goto fail;
     }

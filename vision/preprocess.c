@@ -457,17 +457,18 @@ enum vlm_status img_preprocess(const struct vlm_image *img, const struct vlm_con
         goto fail;
     for (int64_t r = 0; r < L.grid_h; r++) {
         for (int64_t q = 0; q < L.grid_w; q++) {
+            /* tile columns [x_lo, x_hi) come from the resized image, the rest is padding */
+            int64_t x_lo = L.pad_left - q * S, x_hi = L.pad_left + L.resize_w - q * S;
+            x_lo = x_lo < 0 ? 0 : x_lo > S ? S : x_lo;
+            x_hi = x_hi < x_lo ? x_lo : x_hi > S ? S : x_hi;
             for (int64_t y = 0; y < S; y++) {
                 const int64_t ry = r * S + y - L.pad_top; /* row in the resized image */
                 uint8_t *row = canvas + (size_t)y * (size_t)S * 3;
-                for (int64_t x = 0; x < S; x++) {
-                    const int64_t rx = q * S + x - L.pad_left;
-                    if (ry >= 0 && ry < L.resize_h && rx >= 0 && rx < L.resize_w) {
-                        memcpy(row + 3 * x, resized + ((size_t)ry * (size_t)L.resize_w + (size_t)rx) * 3, 3);
-                    } else {
-                        row[3 * x] = row[3 * x + 1] = row[3 * x + 2] = 0;
-                    }
-                }
+                memset(row, 0, (size_t)S * 3);
+                if (ry < 0 || ry >= L.resize_h || x_hi == x_lo) continue;
+                const int64_t rx = q * S + x_lo - L.pad_left;
+                memcpy(row + 3 * x_lo, resized + ((size_t)ry * (size_t)L.resize_w + (size_t)rx) * 3,
+                       (size_t)(x_hi - x_lo) * 3);
             }
             crop_to_planes(canvas, 3 * S, S, lut, pixels + (size_t)(1 + r * L.grid_w + q) * crop_floats);
         }

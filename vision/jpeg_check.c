@@ -1,0 +1,68 @@
+/* jpeg_check.c — a marker walk over a JPEG file that rejects Huffman tables stb_image would mishandle.
+ *
+ * Why: the stb_image shipped by Debian (libstb-dev) builds a Huffman table from 16 code-length counts without
+ * checking that they sum to at most 256; a crafted DHT segment then writes past the 257-byte size list and the
+ * 256-byte value table inside its decoder state (found by tests/fuzz/fuzz_image.c; regression file
+ * tests/data/bad/jpeg_dht_overflow.jpg). We cannot patch the system header, so every DHT segment — including
+ * those between the scans of a progressive JPEG — is checked here before stb sees the bytes. */
+#include <stdio.h>
+
+#include "image.h"
+
+/* Checks one DHT segment payload p[0..n). */
+static int dht_ok(const uint8_t *p, size_t n, char *why, size_t cap) {
+    size_t off = 0;
+    while (off < n) {
+        if (n - off < 17) {
+            snprintf(why, cap, "Huffman table segment cut short");
+            return 0;
+        }
+        int tc = p[off] >> 4, th = p[off] & 15;
+        if (tc > 1 || th > 3) {
+            snprintf(why, cap, "bad Huffman table class %d / id %d", tc, th);
+            return 0;
+        }
+        size_t total = 0;
+        for (int i = 1; i <= 16; i++) total += p[off + i];
+        if (total > 256) {
+            snprintf(why, cap, "Huffman table declares %zu codes, more than 256", total);
+            return 0;
+        }
+        off += 17;
+        if (total > n - off) {
+            snprintf(why, cap, "Huffman table values run past their segment");
+            return 0;
+        }
+        off += total;
+    }
+    return 1;
+}
+
+int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
+    size_t i = 2; /* after SOI (checked by the caller) */
+    while (i + 4 <= len) {
+        if (buf[i] != 0xFF) {
+            i++; /* entropy-coded data between scans: skip to the next marker */
+            continue;
+        }
+        uint8_t m = buf[i + 1];
+        if (m == 0xFF) { /* fill byte */
+            i++;
+            continue;
+        }
+        if (m == 0x00 || (m >= 0xD0 && m <= 0xD7) || m == 0x01) { /* stuffed byte, RSTn, TEM: no length */
+            i += 2;
+            continue;
+        }
+        if (m == 0xD9) return 1; /* EOI */
+        size_t seg = ((size_t)buf[i + 2] << 8) | buf[i + 3];
+        if (seg < 2 || seg > len - i - 2) {
+            /* stb would read such a segment anyway, taking missing bytes as zeros; a valid file never has one */
+            snprintf(why, cap, "marker 0x%02X at byte %zu declares %zu bytes, past the end of the file", m, i, seg);
+            return 0;
+        }
+        if (m == 0xC4 && !dht_ok(buf + i + 4, seg - 2, why, cap)) return 0;
+        i += 2 + seg;
+    }
+    return 1;
+}
