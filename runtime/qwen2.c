@@ -52,6 +52,11 @@ enum vlm_status qwen2_embed(const struct vlm_model *m, const int64_t *ids, int64
 
 enum vlm_status qwen2_forward(const struct vlm_model *m, struct kv_cache *kv, const float *x, int64_t n,
                               float *logits, int all_logits) {
+    return qwen2_forward_ex(m, kv, x, n, logits, all_logits, NULL);
+}
+
+enum vlm_status qwen2_forward_ex(const struct vlm_model *m, struct kv_cache *kv, const float *x, int64_t n,
+                                 float *logits, int all_logits, float *last_hidden) {
     const struct vlm_text_config *tc = &m->config.text;
     const int64_t d = tc->hidden_size, f = tc->intermediate_size, hd = tc->head_dim;
     const int64_t qd = tc->n_heads * hd, kvd = tc->n_kv_heads * hd, pos0 = kv->n_past;
@@ -93,6 +98,11 @@ enum vlm_status qwen2_forward(const struct vlm_model *m, struct kv_cache *kv, co
         for (int64_t i = 0; i < n * d; i++) h[i] += a[i];
     }
     kv->n_past += n;
+    if (last_hidden) memcpy(last_hidden, h + (n - 1) * d, (size_t)d * sizeof(float));
+    if (!logits) {
+        free(buf);
+        return VLM_OK;
+    }
 
     const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
     cpu_rmsnorm_ref(a, h + first * d, m->w.final_norm, n_out, d, tc->rms_norm_eps);

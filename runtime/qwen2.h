@@ -26,4 +26,10 @@ enum vlm_status qwen2_embed(const struct vlm_model *m, const int64_t *ids, int64
 enum vlm_status qwen2_forward(const struct vlm_model *m, struct kv_cache *kv, const float *x, int64_t n,
                               float *logits, int all_logits);
 
+/* As qwen2_forward, and also, when last_hidden is non-NULL, copies the residual stream of the last token after
+ * the last layer and before the final norm into last_hidden (d) — a stage boundary for tests. logits may be NULL
+ * to skip the head. */
+enum vlm_status qwen2_forward_ex(const struct vlm_model *m, struct kv_cache *kv, const float *x, int64_t n,
+                                 float *logits, int all_logits, float *last_hidden);
+
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "golden.h"
+#include "kernels/ops.h"
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
 #include "runtime/qwen2.h"
@@ -215,4 +216,56 @@ TEST(e2e_vision_hidden_states) {
     check_vision_hidden("tests/golden/single_png.bin", "tests/data/models/tiny_single");
     check_vision_hidden("tests/golden/unpad_png.bin", "tests/data/models/tiny_unpad");
     check_vision_hidden("tests/golden/odd_png.bin", "tests/data/models/tiny_odd");
+}
+
+/* Every decoder layer's output at the last prompt position against transformers' hidden_states (captured by the
+ * fixture script): entry i < L is the output of layer i (0 = embeddings), entry L is after the final norm, and
+ * hidden_last_prenorm is the last layer's output before it. A copy of the model cut to i layers gives entry i. */
+static void check_decoder_hidden(const char *golden, const char *model) {
+    struct golden_file g;
+    struct vlm_model *m = NULL;
+    float *emb = NULL, *h = NULL;
+    if (golden_load(golden, &g) != 0) return;
+    const struct golden_tensor *gids = golden_get(&g, "input_ids", GOLDEN_I64);
+    const struct golden_tensor *gpack = golden_get(&g, "packed", GOLDEN_F32);
+    const struct golden_tensor *ghid = golden_get(&g, "hidden_last", GOLDEN_F32);
+    const struct golden_tensor *gpre = golden_get(&g, "hidden_last_prenorm", GOLDEN_F32);
+    if (!gids || !gpack || !ghid || !gpre || !CHECK(vlm_model_load(test_path(model), &m) == VLM_OK)) goto done;
+    const int64_t d = m->config.text.hidden_size, n = gids->n, L = m->config.text.n_layers;
+    if (!CHECK_EQ(ghid->shape[0], L + 1) || !CHECK_EQ(ghid->shape[1], d)) goto done;
+    emb = malloc((size_t)(n * d) * sizeof(float));
+    h = malloc((size_t)d * sizeof(float));
+    if (!CHECK(emb && h) || !CHECK(vlm_prompt_embed(m, gids->data, n, gpack->data, gpack->n / d, emb) == VLM_OK))
+        goto done;
+    for (int64_t i = 0; i <= L; i++) {
+        struct vlm_model cut = *m;
+        cut.config.text.n_layers = i < L ? i : L;
+        struct kv_cache kv;
+        if (!CHECK(kv_cache_init(&kv, &cut.config.text, n) == VLM_OK)) goto done;
+        CHECK(qwen2_forward_ex(&cut, &kv, emb, n, NULL, 0, h) == VLM_OK);
+        kv_cache_free(&kv);
+        char label[48];
+        snprintf(label, sizeof label, "decoder hidden %lld", (long long)i);
+        if (i < L) {
+            CHECK_NEAR_TENSOR(label, h, (const float *)ghid->data + i * d, d, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+        } else {
+            CHECK_NEAR_TENSOR("decoder last layer (pre-norm)", h, gpre->data, d, TOL_STAGE_ATOL, TOL_STAGE_RTOL);
+            float *normed = emb; /* reuse: the prompt embeddings are no longer needed */
+            for (int64_t k = 0; k < d; k++) normed[k] = h[k];
+            cpu_rmsnorm_ref(normed, normed, m->w.final_norm, 1, d, m->config.text.rms_norm_eps);
+            CHECK_NEAR_TENSOR("decoder final norm", normed, (const float *)ghid->data + L * d, d, TOL_STAGE_ATOL,
+                              TOL_STAGE_RTOL);
+        }
+    }
+done:
+    free(emb);
+    free(h);
+    vlm_model_free(m);
+    golden_free(&g);
+}
+
+TEST(e2e_decoder_hidden_states) {
+    check_decoder_hidden("tests/golden/single_png.bin", "tests/data/models/tiny_single");
+    check_decoder_hidden("tests/golden/pool_png.bin", "tests/data/models/tiny_pool");
+    check_decoder_hidden("tests/golden/odd_png.bin", "tests/data/models/tiny_odd");
 }
