@@ -3,6 +3,7 @@
 .DEFAULT_GOAL := all
 
 CC      ?= cc
+CXX     ?= c++
 NVCC    ?= nvcc
 DEBUG   ?= 0
 SAN     ?= 0
@@ -33,9 +34,11 @@ Q := $(if $(filter 1,$(V)),,@)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -g -ffp-contract=off -fopenmp \
            -Iinclude -I. $(if $(filter 1,$(DEBUG)),-O0,-O2) $(EXTRA_CFLAGS)
-LDLIBS  := -lcjson -lm -lpthread -fopenmp
+CXXFLAGS := -std=c++17 -Wall -Wextra -g -Iinclude -I. $(if $(filter 1,$(DEBUG)),-O0,-O2) $(EXTRA_CXXFLAGS)
+LDLIBS  := -lcjson -lutf8proc -lsentencepiece -lz -lstdc++ -lm -lpthread -fopenmp
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+CXXFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDLIBS  += -fsanitize=address,undefined
 endif
 NVFLAGS := -O2 -std=c++17 -Iinclude -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
@@ -43,9 +46,10 @@ NVFLAGS := -O2 -std=c++17 -Iinclude -I. -gencode arch=compute_80,code=sm_80 -gen
 
 LIB_SRC  := $(sort $(wildcard runtime/*.c kernels/*.c kernels/cpu/*.c vision/*.c tokenizer/*.c))
 LIB_SRC  := $(filter-out runtime/main.c,$(LIB_SRC))
+CXX_SRC  := $(sort $(wildcard tokenizer/*.cc))
 CU_SRC   := $(sort $(wildcard kernels/cuda/*.cu))
 TEST_SRC := $(sort $(wildcard tests/*.c))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CXX_SRC:%.cc=$(BUILD)/%.o)
 CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 ifeq ($(CUDA),1)
@@ -79,6 +83,11 @@ $(BUILD)/tests/%.o: tests/%.c
 	@echo "  CC    $<"
 	$(Q)$(CC) $(CFLAGS) -DVLM_SRC_DIR='"$(CURDIR)"' -DVLM_BUILD_DIR='"$(CURDIR)/$(BUILD)"' -MMD -MP -c -o $@ $<
 
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	@echo "  CXX   $<"
+	$(Q)$(CXX) $(CXXFLAGS) -MMD -MP -c -o $@ $<
+
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"
@@ -91,9 +100,12 @@ cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects
 	@echo "CUDA objects compiled: $(words $(CU_OBJ))"
 
 FUZZ_CC   ?= clang
+FUZZ_CXX  ?= clang++
+FUZZ_TIME ?= 20
 FUZZ_SRC  := $(sort $(wildcard tests/fuzz/*.c))
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
-FUZZ_TIME ?= 20
+FUZZ_OBJ  := $(LIB_SRC:%.c=build-fuzz/obj/%.o) $(CXX_SRC:%.cc=build-fuzz/obj/%.o)
+FUZZ_FLAGS := -g -O1 -Iinclude -I. -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
 fuzz: $(FUZZ_BIN) ## build the libFuzzer targets (clang) and run each for FUZZ_TIME seconds
 	@for f in $(FUZZ_BIN); do echo "  FUZZ  $$f ($(FUZZ_TIME) s)"; mkdir -p $$f.corpus; \
 	  if ! $$f -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -artifact_prefix=build-fuzz/ \
@@ -101,11 +113,30 @@ fuzz: $(FUZZ_BIN) ## build the libFuzzer targets (clang) and run each for FUZZ_T
 	    tail -n 40 $$f.log; echo "fuzz: $$f failed; the input is in build-fuzz/"; exit 1; fi; \
 	  tail -n 1 $$f.log; done
 
-build-fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(wildcard tests/fuzz/*.h)
+build-fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	@echo "  FUZZCC $@"
-	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -Wno-unknown-pragmas -Iinclude -I. \
-	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -o $@ $< $(LIB_SRC) -lcjson -lm
+	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -Wno-unknown-pragmas $(FUZZ_FLAGS) -c -o $@ $<
+
+build-fuzz/obj/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(Q)$(FUZZ_CXX) -std=c++17 $(FUZZ_FLAGS) -c -o $@ $<
+
+build-fuzz/%: tests/fuzz/%.c $(FUZZ_OBJ) $(wildcard tests/fuzz/*.h)
+	@echo "  FUZZLD $@"
+	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -c -o $@.o $<
+	$(Q)$(FUZZ_CXX) -fsanitize=fuzzer,address,undefined -o $@ $@.o $(FUZZ_OBJ) -lcjson -lutf8proc -lsentencepiece -lz -lm
+
+.SECONDARY: $(FUZZ_OBJ)
+
+BENCH_SRC := $(sort $(wildcard tools/bench_*.c))
+BENCH_BIN := $(BENCH_SRC:tools/%.c=$(BUILD)/tools/%)
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libvlm.a
+	@mkdir -p $(dir $@)
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -DVLM_SRC_DIR='"$(CURDIR)"' -o $@ $< $(BUILD)/libvlm.a $(LDLIBS)
+
+bench: $(BENCH_BIN) ## run every benchmark (tools/bench_*.c); results go to stdout and bench/
+	@for b in $(BENCH_BIN); do echo "  BENCH $$b"; $$b || exit 1; done
 
 fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requirements.txt)
 	python3 tools/make_fixtures.py
@@ -113,5 +144,5 @@ fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requir
 clean: ## remove build outputs
 	rm -rf build build-san build-fuzz
 
-.PHONY: all test cuda-objs fuzz fixtures clean
+.PHONY: all test cuda-objs fuzz bench fixtures clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,35 +1,54 @@
 /* main.c — the vlmrun CLI: vlmrun --model DIR IMAGE PROMPT.
  *
- * Runs one image + prompt through the float32 reference model and streams the generated tokens to stdout.
- * Until the tokenizer lands, PROMPT is a list of token ids (spaces or commas between them) in which "<image>"
- * or the model's image token id marks the image; stdout then carries the generated ids. Logs and timings go to
- * stderr. Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage error. */
+ * Runs one image + prompt through the float32 reference model and streams the generated text to stdout.
+ * Text mode (the model directory, or --tokenizer, has a tokenizer.json or tokenizer.model): PROMPT is the user's
+ * message; it is put into the chat template (tokenizer/chat.h) with the image before it, the image placeholder is
+ * expanded to the image's token count, and the generated tokens are decoded and streamed as text.
+ * Id mode (no tokenizer, or --ids): PROMPT is a list of token ids (spaces or commas between them) in which
+ * "<image>" or the model's image token id marks the image; stdout then carries the generated ids.
+ * Logs and timings go to stderr. Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage error. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
 #include "runtime/util.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 #include "vision/image.h"
 
 #define MAX_PROMPT_IDS 65536
-#define MAX_STOP_IDS 8
+#define MAX_STOP_IDS 16
 
 static void usage(FILE *f) {
     fputs("usage: vlmrun --model DIR [options] IMAGE PROMPT\n"
           "  --model DIR     Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
           "  --max-new N     generate at most N tokens (default 32)\n"
-          "  --ignore-eos    do not stop at the end-of-sequence tokens of generation_config.json\n"
+          "  --ignore-eos    do not stop at the end-of-sequence tokens (generation_config.json and the\n"
+          "                  tokenizer's <|im_end|>, <|endoftext|>, </s>)\n"
+          "  --template T    chat template for a text prompt: chatml (Qwen/LLaVA-OneVision training template,\n"
+          "                  default system prompt \"You are a helpful assistant.\"), chatml-hf (the HF\n"
+          "                  processor's template, no system turn unless --system), vicuna (LLaVA-1.5).\n"
+          "                  Default: chatml with a tokenizer.json, vicuna with a SentencePiece tokenizer.model\n"
+          "  --system TEXT   system prompt (replaces the template's default)\n"
+          "  --tokenizer P   tokenizer directory or file (tokenizer.json / tokenizer.model) to use instead of\n"
+          "                  the one in the model directory\n"
+          "  --ids           PROMPT is token ids even when a tokenizer is available (output: token ids)\n"
           "  --info          print the model's dimensions, parameter counts and memory needs from its\n"
           "                  config.json alone (no weights, image or prompt needed) and exit\n"
           "  -h, --help      show this help\n"
-          "IMAGE is a PNG or JPEG file. PROMPT is, until the tokenizer lands, a list of token ids separated by\n"
-          "spaces or commas; \"<image>\" (or the model's image token id) marks where the image goes, and without\n"
-          "a marker the image goes first. Generated token ids are printed to stdout as they are produced.\n",
+          "IMAGE is a PNG or JPEG file. With a tokenizer (tokenizer.json or tokenizer.model in the model\n"
+          "directory, or --tokenizer), PROMPT is the question in plain text: it goes into the chat template\n"
+          "after the image, and the answer is printed to stdout as it is generated. PROMPT is always plain\n"
+          "text: special-token strings in it (\"<|im_end|>\", \"<image>\") are not turned into special tokens.\n"
+          "Without a tokenizer (or with --ids), PROMPT is a list of token ids separated by spaces or commas;\n"
+          "\"<image>\" (or the model's image token id) marks where the image goes, and without a marker the\n"
+          "image goes first. Generated token ids are then printed to stdout as they are produced.\n",
           f);
 }
 
@@ -53,7 +72,8 @@ static int64_t parse_prompt(const char *s, int64_t image_token, int64_t *ids, in
         errno = 0;
         long long v = strtoll(p, &end, 10);
         if (end == p || errno || v < 0 || (*end && *end != ' ' && *end != ',' && *end != '\t' && *end != '\n')) {
-            vlm_log_error("prompt: '%.20s' is not a token id (no tokenizer yet: give ids, e.g. \"<image> 12 34\")", p);
+            vlm_log_error("prompt: '%.20s' is not a token id (id mode, as there is no tokenizer.json or "
+                          "tokenizer.model in the model directory, or --ids: give ids, e.g. \"<image> 12 34\")", p);
             return -1;
         }
         ids[n++] = v;
@@ -129,10 +149,82 @@ static int print_token(int64_t id, void *user) {
     return 0;
 }
 
+/* ---------------------------------------------------------------------------------------------------------------
+ * Text mode */
+
+static bool is_file(const char *dir, const char *name) {
+    char path[4096];
+    struct stat sb;
+    return vlm_path_join(path, sizeof path, dir, name) && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* The tokenizer to use: --tokenizer PATH (a directory or a file), else the model directory's own. *out stays NULL
+ * (id mode) when neither is given nor present. Errors are logged by the tokenizer. */
+static enum vlm_status find_tokenizer(const char *model_dir, const char *tok_path, struct vlm_tokenizer **out) {
+    struct stat sb;
+    if (tok_path) {
+        if (stat(tok_path, &sb) == 0 && S_ISDIR(sb.st_mode)) return tok_load(tok_path, out);
+        return tok_load_file(tok_path, out);
+    }
+    if (is_file(model_dir, "tokenizer.json") || is_file(model_dir, "tokenizer.model")) return tok_load(model_dir, out);
+    return VLM_OK;
+}
+
+/* A tokenizer and a model belong together when every tokenizer id has an embedding row and both agree on the image
+ * token (otherwise the image features would land on the wrong positions). */
+static enum vlm_status check_tokenizer_fits(const struct vlm_tokenizer *t, const struct vlm_model *m) {
+    const int64_t n_tok = tok_vocab_size(t), rows = m->w.n_vocab_rows, img = tok_special_ids(t)->image;
+    if (n_tok > rows) {
+        vlm_log_error("tokenizer has %lld token ids but %s has %lld embedding rows: the tokenizer does not belong "
+                      "to this model", (long long)n_tok, m->dir, (long long)rows);
+        return VLM_ERR_ARG;
+    }
+    if (img >= 0 && img != m->config.image_token_index) {
+        vlm_log_error("tokenizer's <image> is id %lld but %s/config.json has image_token_index %lld: the tokenizer "
+                      "does not belong to this model", (long long)img, m->dir, (long long)m->config.image_token_index);
+        return VLM_ERR_ARG;
+    }
+    return VLM_OK;
+}
+
+/* Adds the tokenizer's end-of-turn ids to the stop list (generation configs list only some of them). */
+static int add_tokenizer_stops(const struct vlm_tokenizer *t, int64_t *stop, int n) {
+    const int64_t cand[] = {tok_special_ids(t)->eos, tok_special_ids(t)->im_end, tok_token_to_id(t, "<|endoftext|>")};
+    for (size_t i = 0; i < sizeof cand / sizeof *cand; i++) {
+        bool have = cand[i] < 0;
+        for (int j = 0; j < n && !have; j++) have = stop[j] == cand[i];
+        if (!have && n < MAX_STOP_IDS) stop[n++] = cand[i];
+    }
+    return n;
+}
+
+/* Streams generated tokens as text. */
+struct text_out {
+    struct tok_stream stream;
+    int64_t n_vocab;
+    bool warned;
+    char buf[1 << 16]; /* tok_stream_push needs 64 + the longest token */
+};
+
+static int print_text(int64_t id, void *user) {
+    struct text_out *o = user;
+    if (id < 0 || id >= o->n_vocab) { /* an embedding row beyond the tokenizer (spec §7.3: not masked) */
+        if (!o->warned)
+            vlm_log_info("generated id %lld has no token in the tokenizer (%lld ids); such ids print nothing",
+                         (long long)id, (long long)o->n_vocab);
+        o->warned = true;
+        return 0;
+    }
+    int64_t n = tok_stream_push(&o->stream, id, o->buf, sizeof o->buf);
+    if (n > 0) fwrite(o->buf, 1, (size_t)n, stdout);
+    fflush(stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *image_path = NULL, *prompt = NULL;
+    const char *model_dir = NULL, *image_path = NULL, *prompt = NULL, *tok_path = NULL, *system = NULL;
     long long max_new = 32;
-    int ignore_eos = 0, info = 0;
+    int ignore_eos = 0, info = 0, ids_mode = 0, tmpl = -1; /* -1: chosen by the tokenizer's kind */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -149,6 +241,21 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a, "--ignore-eos")) {
             ignore_eos = 1;
+        } else if (!strcmp(a, "--ids")) {
+            ids_mode = 1;
+        } else if (!strcmp(a, "--tokenizer") && i + 1 < argc) {
+            tok_path = argv[++i];
+        } else if (!strcmp(a, "--system") && i + 1 < argc) {
+            system = argv[++i];
+        } else if (!strcmp(a, "--template") && i + 1 < argc) {
+            const char *t = argv[++i];
+            if (!strcmp(t, "chatml")) tmpl = CHAT_CHATML_QWEN;
+            else if (!strcmp(t, "chatml-hf")) tmpl = CHAT_CHATML_HF;
+            else if (!strcmp(t, "vicuna")) tmpl = CHAT_VICUNA_V1;
+            else {
+                fprintf(stderr, "vlmrun: --template takes chatml, chatml-hf or vicuna, not '%s'\n", t);
+                return 2;
+            }
         } else if (!strcmp(a, "--info")) {
             info = 1;
         } else if (a[0] == '-' && a[1]) {
@@ -169,41 +276,74 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
+    if (ids_mode && (tok_path || system || tmpl >= 0)) {
+        fprintf(stderr, "vlmrun: --ids takes token ids: --tokenizer, --system and --template need a text prompt\n");
+        return 2;
+    }
 
     int rc = 1;
     struct vlm_model *m = NULL;
+    struct vlm_tokenizer *tok = NULL;
+    struct text_out *text_out = NULL;
     struct vlm_image img = {0};
     int64_t *ids = NULL, *full = NULL, *gen = NULL;
     float *feats = NULL, *emb = NULL;
     int64_t stop[MAX_STOP_IDS];
     int n_stop = 0;
 
-    /* Cheap input checks first, so a bad image or prompt fails before a long model load. */
+    /* Cheap input checks first, so a bad image, tokenizer or prompt fails before a long model load. */
     if (img_load(image_path, &img) != VLM_OK) goto done;
+    if (!ids_mode && find_tokenizer(model_dir, tok_path, &tok) != VLM_OK) goto done;
     if (vlm_model_load(model_dir, &m) != VLM_OK) goto done;
     if (!ignore_eos && (n_stop = read_stop_ids(model_dir, stop, MAX_STOP_IDS)) < 0) goto done;
     const int64_t img_tok = m->config.image_token_index, d = m->config.text.hidden_size;
-    ids = vlm_alloc_array(MAX_PROMPT_IDS + 1, sizeof(int64_t), "prompt ids");
-    if (!ids) goto done;
-    int64_t n_ids = parse_prompt(prompt, img_tok, ids + 1, MAX_PROMPT_IDS);
-    if (n_ids < 0) goto done;
-    int has_marker = 0;
-    for (int64_t i = 1; i <= n_ids; i++) has_marker += ids[i] == img_tok;
-    int64_t *p_ids = ids + 1;
-    if (!has_marker) { /* no marker: the image goes first */
-        ids[0] = img_tok;
-        p_ids = ids;
-        n_ids++;
+    int64_t n_ids = 0, *p_ids = NULL;
+    if (tok) {
+        if (check_tokenizer_fits(tok, m) != VLM_OK) goto done;
+        if (!ignore_eos) n_stop = add_tokenizer_stops(tok, stop, n_stop);
+    } else {
+        ids = vlm_alloc_array(MAX_PROMPT_IDS + 1, sizeof(int64_t), "prompt ids");
+        if (!ids) goto done;
+        n_ids = parse_prompt(prompt, img_tok, ids + 1, MAX_PROMPT_IDS);
+        if (n_ids < 0) goto done;
+        int has_marker = 0;
+        for (int64_t i = 1; i <= n_ids; i++) has_marker += ids[i] == img_tok;
+        p_ids = ids + 1;
+        if (!has_marker) { /* no marker: the image goes first */
+            ids[0] = img_tok;
+            p_ids = ids;
+            n_ids++;
+        }
     }
 
     double t0 = vlm_time_ms();
     struct img_layout lay;
     if (vlm_image_encode(m, &img, &lay, &feats) != VLM_OK) goto done;
     double t1 = vlm_time_ms();
-    vlm_log_info("image %lld x %lld (w x h): %lld crops, %lld image tokens, vision encode %.1f ms", (long long)img.width,
-                 (long long)img.height, (long long)lay.n_crops, (long long)lay.n_image_tokens, t1 - t0);
+    vlm_log_info("image %lld x %lld (w x h): %lld crops, %lld image tokens, vision encode %.1f ms",
+                 (long long)img.width, (long long)img.height, (long long)lay.n_crops, (long long)lay.n_image_tokens,
+                 t1 - t0);
     int64_t n_full;
-    if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) goto done;
+    if (tok) { /* the user's text after the image, in the chat template; the placeholder expanded by chat_render */
+        const enum chat_template t = tmpl >= 0 ? (enum chat_template)tmpl
+                                     : tok_get_kind(tok) == TOK_KIND_SPM ? CHAT_VICUNA_V1 : CHAT_CHATML_QWEN;
+        const struct chat_msg msg = {.role = "user", .text = prompt, .n_images = 1};
+        size_t n_rendered;
+        if (chat_render(tok, t, system, &msg, 1, &lay.n_image_tokens, 1, true, &full, &n_rendered) != VLM_OK)
+            goto done;
+        n_full = (int64_t)n_rendered;
+        static const char *const tmpl_names[] = {"chatml", "chatml-hf", "vicuna"};
+        vlm_log_info("tokenizer %s (%lld ids), template %s: prompt %lld tokens",
+                     tok_get_kind(tok) == TOK_KIND_SPM ? "SentencePiece" : "byte-level BPE",
+                     (long long)tok_vocab_size(tok), tmpl_names[t], (long long)n_full);
+        text_out = vlm_alloc_array(1, sizeof *text_out, "text output");
+        if (!text_out) goto done;
+        tok_stream_init(&text_out->stream, tok, true);
+        text_out->n_vocab = tok_vocab_size(tok);
+        text_out->warned = false;
+    } else if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) {
+        goto done;
+    }
     emb = vlm_alloc_array((size_t)n_full, (size_t)d * sizeof(float), "prompt embeddings");
     gen = vlm_alloc_array(max_new ? (size_t)max_new : 1, sizeof(int64_t), "generated tokens");
     if (!emb || !gen) goto done;
@@ -211,9 +351,14 @@ int main(int argc, char **argv) {
     int first = 1;
     int64_t n_gen = 0;
     struct vlm_gen_stats gs;
-    if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL, print_token, &first, &gs) !=
-        VLM_OK)
+    if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL,
+                            text_out ? print_text : print_token, text_out ? (void *)text_out : &first,
+                            &gs) != VLM_OK)
         goto done;
+    if (text_out) {
+        int64_t n = tok_stream_flush(&text_out->stream, text_out->buf, sizeof text_out->buf);
+        if (n > 0) fwrite(text_out->buf, 1, (size_t)n, stdout);
+    }
     printf("\n");
     /* the first token comes out of the prefill pass; the other n_gen - 1 are decode steps */
     vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); "
@@ -222,6 +367,8 @@ int main(int argc, char **argv) {
                  n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0);
     rc = 0;
 done:
+    free(text_out);
+    tok_free(tok);
     free(ids);
     free(full);
     free(gen);

@@ -8,6 +8,8 @@
 
 #include "golden.h"
 #include "test.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 
 #ifndef VLM_BUILD_DIR
 #error "VLM_BUILD_DIR must be defined by the Makefile"
@@ -197,4 +199,186 @@ TEST(cli_info_published_configs) {
         if (!CHECK(strstr(out, k[i].linear) != NULL) || !CHECK(strstr(out, k[i].kv) != NULL))
             fprintf(stderr, "  %s --info printed:\n%s", k[i].dir, out);
     }
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * Text prompts (a tokenizer next to the model) */
+
+/* Reads a whole small file into buf (NUL-terminated); false when it cannot. */
+static bool read_text_file(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return true;
+}
+
+/* A copy of tiny_single whose image token is the SentencePiece fixture's "<image>" (id 3; the tiny model's own
+ * 1000 is not a piece of that tokenizer), with tokenizer.model next to it when with_tokenizer. Its 1000 pieces fit the
+ * tiny model's 1024 embedding rows. Returns the directory. */
+static const char *spm_model_dir(bool with_tokenizer) {
+    static char dir[700];
+    char cmd[4096];
+    snprintf(dir, sizeof dir, "%s/spm_model", test_tmpdir());
+    snprintf(cmd, sizeof cmd,
+             "cp -r '%s' '%s' && sed -i 's/\"image_token_index\": 1000/\"image_token_index\": 3/' '%s/config.json' && "
+             "grep -q '\"image_token_index\": 3' '%s/config.json'",
+             test_path("tests/data/models/tiny_single"), dir, dir, dir);
+    CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
+    if (with_tokenizer) {
+        snprintf(cmd, sizeof cmd, "cp '%s' '%s/'", test_path("tests/data/tokenizers/spm/tokenizer.model"), dir);
+        CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
+    }
+    return dir;
+}
+
+/* Runs vlmrun with args, stdout into out (cap bytes); returns the exit status, stderr in err. */
+static int run_vlmrun(const char *args, char *out, size_t cap, char *err, size_t err_cap) {
+    char cmd[8192], out_path[700];
+    snprintf(out_path, sizeof out_path, "%s/stdout.txt", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >'%s'", vlmrun(), args, out_path);
+    int rc = test_run_cmd(cmd, err, err_cap);
+    if (!read_text_file(out_path, out, cap)) out[0] = 0;
+    CHECK(strstr(err, "Sanitizer") == NULL && strstr(err, "runtime error") == NULL);
+    return rc;
+}
+
+/* End to end with the SentencePiece fixture: the text vlmrun streams equals the decoded ids that --ids mode generates
+ * from the same prompt ids (built here with chat_render: Vicuna template, the default for a tokenizer.model). */
+TEST(cli_text_prompt_spm) {
+    const char *dir = spm_model_dir(true);
+    const char *img = test_path("tests/data/images/single_40x50.png");
+    const char *question = "What is shown in this image?";
+    char args[4096], text[8192], err[8192];
+    snprintf(args, sizeof args, "--model '%s' --max-new 12 --ignore-eos '%s' '%s'", dir, img, question);
+    int rc = run_vlmrun(args, text, sizeof text, err, sizeof err);
+    if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+    size_t n_text = strlen(text);
+    if (!CHECK(n_text > 1 && text[n_text - 1] == '\n')) fprintf(stderr, "  stdout: '%s'\n", text);
+
+    struct vlm_tokenizer *t = NULL;
+    if (!CHECK_EQ(tok_load(dir, &t), VLM_OK)) return;
+    struct chat_msg msg = {.role = "user", .text = question, .n_images = 1};
+    const int64_t one = 1;
+    int64_t *ids = NULL;
+    size_t n_ids = 0;
+    char id_args[8192], id_list[8192] = "", ids_out[8192];
+    if (CHECK_EQ(chat_render(t, CHAT_VICUNA_V1, NULL, &msg, 1, &one, 1, true, &ids, &n_ids), VLM_OK)) {
+        for (size_t i = 0; i < n_ids; i++) {
+            size_t k = strlen(id_list);
+            snprintf(id_list + k, sizeof id_list - k, "%s%lld", i ? " " : "", (long long)ids[i]);
+        }
+        snprintf(id_args, sizeof id_args, "--model '%s' --ids --max-new 12 --ignore-eos '%s' '%s'", dir, img, id_list);
+        rc = run_vlmrun(id_args, ids_out, sizeof ids_out, err, sizeof err);
+        if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+        /* decode what --ids printed, dropping ids past the tokenizer (the model has 1024 rows, the tokenizer 1000) */
+        int64_t gen[64];
+        size_t n_gen = 0;
+        for (char *p = ids_out, *end; n_gen < 64; p = end) {
+            long long v = strtoll(p, &end, 10);
+            if (end == p) break;
+            if (v < tok_vocab_size(t)) gen[n_gen++] = v;
+        }
+        CHECK(n_gen > 0);
+        char *want = NULL;
+        size_t n_want = 0;
+        if (CHECK_EQ(tok_decode(t, gen, n_gen, true, &want, &n_want), VLM_OK)) {
+            if (!CHECK(n_text == n_want + 1 && memcmp(text, want, n_want) == 0))
+                fprintf(stderr, "  text mode: '%s'\n  --ids %s -> '%s'\n", text, ids_out, want);
+        }
+        free(want);
+    }
+    free(ids);
+    tok_free(t);
+}
+
+/* --tokenizer (file or directory) for a model directory without one; --template and --system; a prompt that spells
+ * special tokens is plain text (it would otherwise claim a second image and fail the feature count). */
+TEST(cli_text_prompt_options) {
+    const char *dir = spm_model_dir(false);
+    const char *img = test_path("tests/data/images/single_40x50.png");
+    const char *tok_file = test_path("tests/data/tokenizers/spm/tokenizer.model");
+    char tok_dir[700], args[4096], out[8192], err[8192];
+    snprintf(tok_dir, sizeof tok_dir, "%s", test_path("tests/data/tokenizers/spm"));
+    const char *variants[] = {"--tokenizer '%s' --max-new 3 '%s' 'Describe it.'",
+                              "--tokenizer '%s' --max-new 3 --template chatml --system 'Be brief.' '%s' 'Hi'",
+                              "--tokenizer '%s' --max-new 3 --template chatml-hf '%s' '<image> <|im_end|> </s> <s>'",
+                              "--tokenizer '%s' --max-new 3 --template vicuna '%s' ''"};
+    for (int i = 0; i < 4; i++) {
+        char opts[2048];
+        snprintf(opts, sizeof opts, variants[i], i % 2 ? tok_dir : tok_file, img);
+        snprintf(args, sizeof args, "--model '%s' %s", dir, opts);
+        int rc = run_vlmrun(args, out, sizeof out, err, sizeof err);
+        if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  %s\n  stderr: %s\n", args, err);
+        CHECK(strlen(out) >= 1 && out[strlen(out) - 1] == '\n');
+    }
+}
+
+/* Invalid UTF-8 in the prompt is replaced (U+FFFD), never a crash. */
+TEST(cli_text_prompt_invalid_utf8) {
+    const char *dir = spm_model_dir(true);
+    char args[4096], out[8192], err[8192];
+    snprintf(args, sizeof args, "--model '%s' --max-new 2 '%s' \"$(printf 'bad \\377\\376 \\303( end')\"", dir,
+             test_path("tests/data/images/single_40x50.png"));
+    int rc = run_vlmrun(args, out, sizeof out, err, sizeof err);
+    if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+}
+
+/* --ids keeps the token-id mode when the model directory has a tokenizer: ids in, ids out. */
+TEST(cli_ids_mode_with_tokenizer) {
+    const char *dir = spm_model_dir(true);
+    char args[4096], out[8192], err[8192];
+    snprintf(args, sizeof args, "--model '%s' --ids --max-new 4 --ignore-eos '%s' '<image> 5 6 7'", dir,
+             test_path("tests/data/images/single_40x50.png"));
+    int rc = run_vlmrun(args, out, sizeof out, err, sizeof err);
+    if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+    int n = 0;
+    for (char *p = out, *end;; p = end) {
+        long long v = strtoll(p, &end, 10);
+        if (end == p) break;
+        CHECK(v >= 0 && v < 1024);
+        n++;
+    }
+    CHECK_EQ(n, 4);
+    /* text is not ids in --ids mode */
+    snprintf(args, sizeof args, "--model '%s' --ids '%s' 'hello'", dir,
+             test_path("tests/data/images/single_40x50.png"));
+    expect_error(args, 1, "token id");
+}
+
+TEST(cli_tokenizer_errors) {
+    const char *img = test_path("tests/data/images/single_40x50.png");
+    const char *tiny = test_path("tests/data/models/tiny_single");
+    const char *tmp = test_tmpdir();
+    char args[4096], path[1024];
+    /* missing and malformed tokenizer files: one line naming the file */
+    snprintf(args, sizeof args, "--model %s --tokenizer %s/none.model %s 'hi'", tiny, tmp, img);
+    expect_error(args, 1, "none.model");
+    snprintf(path, sizeof path, "%s/junk.model", tmp);
+    test_write_file(path, "\x0a\x05junk!\x12\x03xyz", 12);
+    snprintf(args, sizeof args, "--model %s --tokenizer %s %s 'hi'", tiny, path, img);
+    expect_error(args, 1, "junk.model");
+    /* a tokenizer that does not belong to the model: the tiny model's image id is 1000, the fixture's <image> 3 */
+    snprintf(args, sizeof args, "--model %s --tokenizer %s %s 'hi'", tiny,
+             test_path("tests/data/tokenizers/spm/tokenizer.model"), img);
+    expect_error(args, 1, "image_token_index");
+    /* usage errors */
+    snprintf(args, sizeof args, "--model %s --template llama %s 'hi'", tiny, img);
+    expect_error(args, 2, "--template");
+    snprintf(args, sizeof args, "--model %s --ids --system x %s '1 2'", tiny, img);
+    expect_error(args, 2, "--ids");
+}
+
+/* The Qwen2 tokenizer (151,648 ids) next to a model with 1024 embedding rows: a clear error before any prompt id
+ * can index past the table. */
+TEST(cli_tokenizer_larger_than_model) {
+    char cmd[4096], args[4096];
+    const char *dir = test_tmpdir();
+    snprintf(cmd, sizeof cmd, "cp -r '%s' '%s/qwen' && gzip -dc '%s' > '%s/qwen/tokenizer.json'",
+             test_path("tests/data/models/tiny_single"), dir,
+             test_path("tests/data/tokenizers/qwen2/tokenizer.json.gz"), dir);
+    CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
+    snprintf(args, sizeof args, "--model %s/qwen %s 'hi'", dir, test_path("tests/data/images/single_40x50.png"));
+    expect_error(args, 1, "embedding rows");
 }

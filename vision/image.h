@@ -32,6 +32,8 @@ void img_free(struct vlm_image *img); /* frees rgb, zeroes the struct; NULL ok *
  * build without writing out of bounds (at most 256 codes, values inside the segment), else 0 with the reason in
  * why[0..cap). img_decode_memory calls it before stb_image sees a JPEG. */
 int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
+/* Rejects PNG chunk patterns the system stb_image mishandles (an empty IDAT); why gets the reason. */
+int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
 
 /* PIL Image.resize(..., BICUBIC) on uint8 data with c interleaved channels, bit-exact.
  * src (sh, sw, c) -> dst (dh, dw, c). Returns VLM_ERR_OOM when scratch cannot be allocated. */

@@ -168,6 +168,11 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
             vlm_log_error("%s: corrupt PNG: no IHDR chunk at the start", name);
             goto fail;
         }
+        char why[160];
+        if (!img_png_chunks_ok(buf, len, why, sizeof why)) {
+            vlm_log_error("%s: unsupported PNG: %s", name, why);
+            goto fail;
+        }
     } else if (len >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) {
         kind = IMG_KIND_JPEG;
         bool has_eoi;

@@ -6,6 +6,7 @@
  * tests/data/bad/jpeg_dht_overflow.jpg). We cannot patch the system header, so every DHT segment — including
  * those between the scans of a progressive JPEG — is checked here before stb sees the bytes. */
 #include <stdio.h>
+#include <string.h>
 
 #include "image.h"
 
@@ -63,6 +64,23 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
         }
         if (m == 0xC4 && !dht_ok(buf + i + 4, seg - 2, why, cap)) return 0;
         i += 2 + seg;
+    }
+    return 1;
+}
+
+/* The same Debian stb_image copies a zero-length first IDAT chunk from a NULL buffer (NULL + 0: undefined
+ * behaviour that UBSan reports; found by tests/fuzz/fuzz_image.c, regression file
+ * tests/data/bad/png_empty_idat.png). Such chunks carry nothing, so they are rejected before stb sees them. */
+int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
+    size_t i = 8; /* after the signature (checked by the caller) */
+    while (len - i >= 12) {
+        size_t n = ((size_t)buf[i] << 24) | ((size_t)buf[i + 1] << 16) | ((size_t)buf[i + 2] << 8) | buf[i + 3];
+        if (n == 0 && memcmp(buf + i + 4, "IDAT", 4) == 0) {
+            snprintf(why, cap, "empty IDAT chunk at byte %zu", i);
+            return 0;
+        }
+        if (memcmp(buf + i + 4, "IEND", 4) == 0 || n > len - i - 12) return 1; /* stb reports truncation itself */
+        i += 12 + n;
     }
     return 1;
 }
