@@ -35,7 +35,7 @@ Q := $(if $(filter 1,$(V)),,@)
 CFLAGS  := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter -g -ffp-contract=off -fopenmp \
            -Iinclude -I. $(if $(filter 1,$(DEBUG)),-O0,-O2) $(EXTRA_CFLAGS)
 CXXFLAGS := -std=c++17 -Wall -Wextra -g -Iinclude -I. $(if $(filter 1,$(DEBUG)),-O0,-O2) $(EXTRA_CXXFLAGS)
-LDLIBS  := -lcjson -lutf8proc -lsentencepiece -lz -lstdc++ -lm -lpthread -fopenmp
+LDLIBS  := -lcjson -lutf8proc -lsentencepiece -lstdc++ -lm -lpthread -fopenmp
 ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 CXXFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -124,7 +124,7 @@ build-fuzz/obj/%.o: %.cc
 build-fuzz/%: tests/fuzz/%.c $(FUZZ_OBJ) $(wildcard tests/fuzz/*.h)
 	@echo "  FUZZLD $@"
 	$(Q)$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(FUZZ_FLAGS) -c -o $@.o $<
-	$(Q)$(FUZZ_CXX) -fsanitize=fuzzer,address,undefined -o $@ $@.o $(FUZZ_OBJ) -lcjson -lutf8proc -lsentencepiece -lz -lm
+	$(Q)$(FUZZ_CXX) -fsanitize=fuzzer,address,undefined -o $@ $@.o $(FUZZ_OBJ) -lcjson -lutf8proc -lsentencepiece -lm
 
 .SECONDARY: $(FUZZ_OBJ)
 
