@@ -28,11 +28,13 @@ import math
 import os
 import re
 import shutil
-import struct
 import sys
 from contextlib import contextmanager
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_io import read_golden, write_golden  # noqa: E402
 import PIL
 import safetensors
 import safetensors.torch
@@ -78,7 +80,6 @@ MIN_GREEDY_MARGIN = 0.05  # top1 - top2 logit gap required at every greedy step 
 MIN_GREEDY_DISTINCT = 8  # a continuation stuck on one token would not exercise the KV cache
 LOGIT_GAIN = 3.0  # target std of the logits (so greedy margins are units, not hundredths)
 
-GOLDEN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 1, np.dtype(np.uint8): 2, np.dtype(np.int64): 3}
 
 # The odd architecture: the shapes the "tiny" one lacks. SigLIP head_dim 72 (not a power of two, as so400m's),
 # Qwen2 GQA 7:1 with head_dim 16 (the real 0.5B/7B group is 7:1), vision_feature_layer as a LIST (hidden state 0,
@@ -158,49 +159,6 @@ def rel(path):
 # ------------------------------------------------------------------------------------------------------------------
 # Golden file writer (format: tests/golden.h)
 # ------------------------------------------------------------------------------------------------------------------
-
-def write_golden(path, records):
-    """records: list of (name, np.ndarray). Writes b"VLMG" | u32 1 | u32 n | records, little-endian, row-major."""
-    assert len(records) <= 64, f"{path}: {len(records)} records, the reader takes 64"
-    names = [n for n, _ in records]
-    assert len(set(names)) == len(names), f"{path}: duplicate record names"
-    out = [b"VLMG", struct.pack("<II", 1, len(records))]
-    for name, arr in records:
-        arr = np.ascontiguousarray(arr)
-        raw_name = name.encode("utf-8")
-        assert 0 < len(raw_name) < 128 and arr.dtype in GOLDEN_DTYPES and arr.ndim <= 8, (name, arr.dtype)
-        out.append(struct.pack("<I", len(raw_name)) + raw_name)
-        out.append(struct.pack("<II", GOLDEN_DTYPES[arr.dtype], arr.ndim))
-        out.append(struct.pack(f"<{arr.ndim}q", *arr.shape))
-        out.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(b"".join(out))
-
-
-def read_golden(path):
-    """Inverse of write_golden, used to self-check the files we wrote."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    assert buf[:4] == b"VLMG"
-    version, n = struct.unpack_from("<II", buf, 4)
-    assert version == 1
-    off, out = 12, {}
-    inv = {v: k for k, v in GOLDEN_DTYPES.items()}
-    for _ in range(n):
-        (name_len,) = struct.unpack_from("<I", buf, off)
-        name = buf[off + 4: off + 4 + name_len].decode()
-        off += 4 + name_len
-        dtype, n_dims = struct.unpack_from("<II", buf, off)
-        shape = struct.unpack_from(f"<{n_dims}q", buf, off + 8)
-        off += 8 + 8 * n_dims
-        dt = inv[dtype]
-        count = int(np.prod(shape, dtype=np.int64))
-        out[name] = np.frombuffer(buf, dt, count, off).reshape(shape)
-        off += count * dt.itemsize
-    assert off == len(buf)
-    return out
-
 
 # ------------------------------------------------------------------------------------------------------------------
 # Test images: smooth gradients plus hard-edged shapes (bicubic over- and undershoot, clamping), no noise

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,9 @@ import unicodedata
 import base64
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_io import write_golden  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -89,7 +91,6 @@ VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence 
                  "helpful, detailed, and polite answers to the human's questions.")
 VICUNA_IMAGE_TOKENS = 576  # LLaVA-1.5 at 336 px: (336/14)^2
 
-GOLDEN_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.int32): 1, np.dtype(np.uint8): 2, np.dtype(np.int64): 3}
 MAX_GOLDEN_BYTES = 1_500_000
 
 
@@ -109,52 +110,6 @@ def sha256_file(path):
 # ------------------------------------------------------------------------------------------------------------------
 # Golden files (tests/golden.h)
 # ------------------------------------------------------------------------------------------------------------------
-
-def write_golden(path, records):
-    assert len(records) <= 64, f"{path}: {len(records)} records, the reader takes 64"
-    names = [n for n, _ in records]
-    assert len(set(names)) == len(names), f"{path}: duplicate record names"
-    out = [b"VLMG", struct.pack("<II", 1, len(records))]
-    for name, arr in records:
-        arr = np.ascontiguousarray(arr)
-        raw = name.encode("utf-8")
-        assert 0 < len(raw) < 128 and arr.dtype in GOLDEN_DTYPES and 1 <= arr.ndim <= 8, (name, arr.dtype)
-        out.append(struct.pack("<I", len(raw)) + raw)
-        out.append(struct.pack("<II", GOLDEN_DTYPES[arr.dtype], arr.ndim))
-        out.append(struct.pack(f"<{arr.ndim}q", *arr.shape))
-        out.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-    blob = b"".join(out)
-    assert len(blob) <= MAX_GOLDEN_BYTES, f"{path}: {len(blob)} bytes, over {MAX_GOLDEN_BYTES}"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(blob)
-    back = read_golden(path)
-    assert list(back) == names and all(np.array_equal(back[n], a) for n, a in records)
-    return len(blob)
-
-
-def read_golden(path):
-    with open(path, "rb") as f:
-        buf = f.read()
-    assert buf[:4] == b"VLMG"
-    version, n = struct.unpack_from("<II", buf, 4)
-    assert version == 1
-    off, out = 12, {}
-    inv = {v: k for k, v in GOLDEN_DTYPES.items()}
-    for _ in range(n):
-        (name_len,) = struct.unpack_from("<I", buf, off)
-        name = buf[off + 4: off + 4 + name_len].decode()
-        off += 4 + name_len
-        dtype, n_dims = struct.unpack_from("<II", buf, off)
-        shape = struct.unpack_from(f"<{n_dims}q", buf, off + 8)
-        off += 8 + 8 * n_dims
-        dt = inv[dtype]
-        count = int(np.prod(shape, dtype=np.int64))
-        out[name] = np.frombuffer(buf, dt, count, off).reshape(shape)
-        off += count * dt.itemsize
-    assert off == len(buf)
-    return out
-
 
 def ragged(chunks, dtype):
     """list of sequences -> (flat array, int64 offsets of length N+1)."""
@@ -1237,7 +1192,7 @@ def generate(root):
         recs = qwen_corpus_records(tok, hf_tok, qwen_corpus(), cf)
         facts["qcorpus"] = cf
         p = os.path.join(gdir, "tok_qwen2_corpus.bin")
-        write_golden(p, recs)
+        write_golden(p, recs, MAX_GOLDEN_BYTES)
         written.append(p)
 
         # SentencePiece.
@@ -1269,7 +1224,7 @@ def generate(root):
         scorp = spm_corpus()
         sf = {}
         p = os.path.join(gdir, "tok_spm_corpus.bin")
-        write_golden(p, spm_corpus_records(sp, scorp, sf))
+        write_golden(p, spm_corpus_records(sp, scorp, sf), MAX_GOLDEN_BYTES)
         written.append(p)
         facts["scorpus"] = sf
         facts["spm_cli"] = spm_cli_crosscheck(os.path.join(sdir, "tokenizer.model"), scorp)
@@ -1281,7 +1236,7 @@ def generate(root):
                                             chat_template=LLAVA_OV_CHAT_TEMPLATE, vision_aspect_ratio="anyres_max_9")
         chf = {}
         p = os.path.join(gdir, "tok_chat.bin")
-        write_golden(p, zero_len_ok(chat_records(processor, sp, chf)))
+        write_golden(p, zero_len_ok(chat_records(processor, sp, chf)), MAX_GOLDEN_BYTES)
         written.append(p)
         facts["chat"] = chf
 
