@@ -1150,11 +1150,7 @@ enum vlm_status bpe_encode(const struct bpe_model *m, const char *text, size_t l
         vlm_log_error("tokenizer: bpe_encode called with a NULL argument");
         return VLM_ERR_ARG;
     }
-    if (len > TOK_MAX_TEXT_BYTES) {
-        vlm_log_error("tokenizer: text of %zu bytes exceeds the %llu-byte limit", len,
-                      (unsigned long long)TOK_MAX_TEXT_BYTES);
-        return VLM_ERR_ARG;
-    }
+    /* the TOK_MAX_TEXT_BYTES limit is checked by tok_encode, this function's only caller */
     struct enc enc;
     memset(&enc, 0, sizeof enc);
     struct enc *e = &enc;
