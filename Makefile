@@ -102,13 +102,14 @@ cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects
 FUZZ_CC   ?= clang
 FUZZ_CXX  ?= clang++
 FUZZ_TIME ?= 20
+FUZZ_SEED ?= 1
 FUZZ_SRC  := $(sort $(wildcard tests/fuzz/*.c))
 FUZZ_BIN  := $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
 FUZZ_OBJ  := $(LIB_SRC:%.c=build-fuzz/obj/%.o) $(CXX_SRC:%.cc=build-fuzz/obj/%.o)
 FUZZ_FLAGS := -g -O1 -Iinclude -I. -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all
-fuzz: $(FUZZ_BIN) ## build the libFuzzer targets (clang) and run each for FUZZ_TIME seconds
+fuzz: $(FUZZ_BIN) ## build the libFuzzer targets (clang) and run each for FUZZ_TIME seconds (FUZZ_SEED: 1, so CI repeats)
 	@for f in $(FUZZ_BIN); do echo "  FUZZ  $$f ($(FUZZ_TIME) s)"; mkdir -p $$f.corpus; \
-	  if ! $$f -max_total_time=$(FUZZ_TIME) -close_fd_mask=2 -artifact_prefix=build-fuzz/ \
+	  if ! $$f -max_total_time=$(FUZZ_TIME) -seed=$(FUZZ_SEED) -close_fd_mask=2 -artifact_prefix=build-fuzz/ \
 	      $$f.corpus tests/fuzz/seeds/$$(basename $$f) >$$f.log 2>&1; then \
 	    tail -n 40 $$f.log; echo "fuzz: $$f failed; the input is in build-fuzz/"; exit 1; fi; \
 	  tail -n 1 $$f.log; done

@@ -613,6 +613,8 @@ TEST(image_decode_rejects_oversized_huffman_table) {
     expect_load_error(test_path("tests/data/bad/jpeg_dht_overflow.jpg"), VLM_ERR_FORMAT, "Huffman");
     /* fuzzer find: an oversized table in a DHT segment cut off by the end of the file */
     expect_load_error(test_path("tests/data/bad/jpeg_dht_truncated.jpg"), VLM_ERR_FORMAT, "past the end");
+    /* fuzzer find: a scan using a Huffman table no DHT defined (stb reads uninitialised memory) */
+    expect_load_error(test_path("tests/data/bad/jpeg_undefined_huffman.jpg"), VLM_ERR_FORMAT, "never defined");
     /* fuzzer find: an empty first IDAT chunk (stb adds 0 to a NULL buffer) */
     expect_load_error(test_path("tests/data/bad/png_empty_idat.png"), VLM_ERR_FORMAT, "empty IDAT");
 }

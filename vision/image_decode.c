@@ -32,7 +32,8 @@
 #define STBI_NO_HDR
 #define STBI_FAILURE_USERMSG
 #define STBI_MAX_DIMENSIONS IMG_MAX_SIDE
-#define STBI_MALLOC(sz) malloc(sz)
+/* zeroed, so a stb path that reads a table it never filled sees zeros, not heap leftovers (deterministic) */
+#define STBI_MALLOC(sz) calloc(1, sz)
 #define STBI_REALLOC(p, newsz) realloc(p, newsz)
 #define STBI_FREE(p) free(p)
 #define STB_IMAGE_STATIC

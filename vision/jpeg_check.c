@@ -4,14 +4,19 @@
  * checking that they sum to at most 256; a crafted DHT segment then writes past the 257-byte size list and the
  * 256-byte value table inside its decoder state (found by tests/fuzz/fuzz_image.c; regression file
  * tests/data/bad/jpeg_dht_overflow.jpg). We cannot patch the system header, so every DHT segment — including
- * those between the scans of a progressive JPEG — is checked here before stb sees the bytes. */
+ * those between the scans of a progressive JPEG — is checked here before stb sees the bytes.
+ * The same copy also decodes a scan with a Huffman table that was never defined, reading its uninitialised heap
+ * memory (found by the fuzzer as an assertion that fired only on some runs), so each scan's tables must have
+ * been defined by an earlier DHT segment. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "image.h"
 
 /* Checks one DHT segment payload p[0..n). */
-static int dht_ok(const uint8_t *p, size_t n, char *why, size_t cap) {
+/* defined[class][id]: set for every table a DHT segment defines (class 0 = DC, 1 = AC). */
+static int dht_ok(const uint8_t *p, size_t n, char *why, size_t cap, unsigned char defined[2][4]) {
     size_t off = 0;
     while (off < n) {
         if (n - off < 17) {
@@ -23,6 +28,7 @@ static int dht_ok(const uint8_t *p, size_t n, char *why, size_t cap) {
             snprintf(why, cap, "bad Huffman table class %d / id %d", tc, th);
             return 0;
         }
+        defined[tc][th] = 1;
         size_t total = 0;
         for (int i = 1; i <= 16; i++) total += p[off + i];
         if (total > 256) {
@@ -39,7 +45,27 @@ static int dht_ok(const uint8_t *p, size_t n, char *why, size_t cap) {
     return 1;
 }
 
+/* Checks that the scan header p[0..n) uses only defined tables: the DC table when the scan decodes DC
+ * coefficients with Huffman codes (spectral start 0 and a first pass, or any baseline scan), the AC table when
+ * it decodes AC coefficients (spectral start > 0, or any baseline scan). */
+static int sos_ok(const uint8_t *p, size_t n, bool progressive, const unsigned char defined[2][4], char *why,
+                  size_t cap) {
+    if (n < 1 || n < 1 + 2 * (size_t)p[0] + 3) return 1; /* stb rejects a malformed scan header itself */
+    const int ns = p[0], ss = p[1 + 2 * ns], ah = p[3 + 2 * ns] >> 4;
+    const bool use_dc = !progressive || (ss == 0 && ah == 0), use_ac = !progressive || ss > 0;
+    for (int c = 0; c < ns; c++) {
+        const int td = p[2 + 2 * c] >> 4, ta = p[2 + 2 * c] & 15;
+        if ((use_dc && (td > 3 || !defined[0][td])) || (use_ac && (ta > 3 || !defined[1][ta]))) {
+            snprintf(why, cap, "a scan uses Huffman table DC %d / AC %d that was never defined", td, ta);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
+    unsigned char defined[2][4] = {{0}};
+    bool progressive = false;
     size_t i = 2; /* after SOI (checked by the caller) */
     while (i + 4 <= len) {
         if (buf[i] != 0xFF) {
@@ -62,7 +88,9 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
             snprintf(why, cap, "marker 0x%02X at byte %zu declares %zu bytes, past the end of the file", m, i, seg);
             return 0;
         }
-        if (m == 0xC4 && !dht_ok(buf + i + 4, seg - 2, why, cap)) return 0;
+        if (m == 0xC4 && !dht_ok(buf + i + 4, seg - 2, why, cap, defined)) return 0;
+        if (m == 0xC2 || m == 0xC6 || m == 0xCA || m == 0xCE) progressive = true; /* progressive SOFn */
+        if (m == 0xDA && !sos_ok(buf + i + 4, seg - 2, progressive, defined, why, cap)) return 0;
         i += 2 + seg;
     }
     return 1;
