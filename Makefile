@@ -44,8 +44,8 @@ endif
 NVFLAGS := -O2 -std=c++17 -Iinclude -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
            -gencode arch=compute_90,code=sm_90
 
-LIB_SRC  := $(sort $(wildcard runtime/*.c kernels/*.c kernels/cpu/*.c vision/*.c tokenizer/*.c))
-LIB_SRC  := $(filter-out runtime/main.c,$(LIB_SRC))
+LIB_SRC  := $(sort $(wildcard runtime/*.c kernels/*.c kernels/cpu/*.c vision/*.c tokenizer/*.c converter/*.c))
+LIB_SRC  := $(filter-out runtime/main.c runtime/eval.c converter/convert.c,$(LIB_SRC))
 CXX_SRC  := $(sort $(wildcard tokenizer/*.cc))
 CU_SRC   := $(sort $(wildcard kernels/cuda/*.cu))
 TEST_SRC := $(sort $(wildcard tests/*.c))
@@ -58,14 +58,24 @@ LDLIBS   += -L$(dir $(NVCC_PATH))../lib64 -lcudart_static -ldl -lrt -lstdc++
 endif
 
 VLMRUN   := $(BUILD)/vlmrun
+VLMCONV  := $(BUILD)/vlmconvert
+VLMEVAL  := $(BUILD)/vlmeval
 RUNTESTS := $(BUILD)/tests/run_tests
 
-all: $(VLMRUN) ## build vlmrun (and the CUDA objects when enabled)
+all: $(VLMRUN) $(VLMCONV) $(VLMEVAL) ## build vlmrun, vlmconvert, vlmeval (and the CUDA objects when enabled)
 
 $(BUILD)/libvlm.a: $(LIB_OBJ)
-	$(Q)ar rcs $@ $^
+	$(Q)rm -f $@ && ar rcs $@ $^  # from scratch: `ar r` would keep members of deleted sources
 
 $(VLMRUN): $(BUILD)/runtime/main.o $(BUILD)/libvlm.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(VLMCONV): $(BUILD)/converter/convert.o $(BUILD)/libvlm.a
+	@echo "  LD    $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(VLMEVAL): $(BUILD)/runtime/eval.o $(BUILD)/libvlm.a
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -93,7 +103,7 @@ $(BUILD)/%.o: %.cu
 	@echo "  NVCC  $<"
 	$(Q)$(NVCC) $(NVFLAGS) -c -o $@ $<
 
-test: $(VLMRUN) $(RUNTESTS) ## run every test (SAN=1: under ASan+UBSan)
+test: $(VLMRUN) $(VLMCONV) $(VLMEVAL) $(RUNTESTS) ## run every test (SAN=1: under ASan+UBSan)
 	$(RUNTESTS)
 
 cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects

@@ -85,7 +85,7 @@ struct vlm_qlayout {
     size_t codes_off, codes_bytes;   /* values (F32/F16/BF16), int8 codes (Q8R) or code blocks (W3/W4/W4A8) */
     size_t scales_off, scales_bytes; /* fp16 group scales (W3/W4G128) or f32 row scales (Q8R, W4A8) */
     size_t zeros_off, zeros_bytes;   /* u8 group zeros (W3/W4G128) */
-    size_t total_bytes;              /* rounded up to VLM_QALIGN */
+    size_t total_bytes;              /* end of the last plane (no tail padding): n*k*elem for F32/F16/BF16 */
     int64_t n_groups;                /* k / 128 for the packed formats, else 0 */
 };
 
@@ -137,7 +137,8 @@ float vlm_quantize_act_q8_ref(const float *x, int64_t k, int8_t *a);
 
 /* ---- Reference linear: y (M, n) = x (M, k) · Ŵᵀ + b, b (n) or NULL.
  *   F32/F16/BF16/Q8R/W3G128/W4G128: Ŵ = the canonical dequantized weights; each dot product accumulated in
- *     double in index order, rounded to f32, then + b in f32.
+ *     double starting from b, in index order, rounded to f32 once — exactly cpu_linear_ref's arithmetic, so an
+ *     F32 matrix gives identical results through either.
  *   W4A8: the integer form above: a = act-quantized x_t, acc = Σ a·(u−8) in int64,
  *     y = (float)(s_t · s_row) · (float)acc + b  — s_t·s_row is one f32 product, then one f32 product.
  * Slow and obviously correct; every fast kernel is checked against it. */

@@ -45,11 +45,6 @@ static const cJSON *jget(const cJSON *obj, const char *key) {
 /* absent or JSON null */
 static bool jmissing(const cJSON *v) { return !v || cJSON_IsNull(v); }
 
-static bool has_control(const char *s) {
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return true;
-    return false;
-}
 
 /* s made safe for a one-line message: control bytes become '?', at most 40 bytes. */
 static const char *printable(const char *s, char buf[48]) {
@@ -155,7 +150,7 @@ static enum vlm_status jstr(const struct jctx *c, const cJSON *obj, const char *
         vlm_log_error("%s: key '%s%s' is %s, must be a string", c->path, c->prefix, key, got);
         return VLM_ERR_FORMAT;
     }
-    if (has_control(v->valuestring)) {
+    if (vlm_has_control(v->valuestring)) {
         char got[64];
         describe(v, got, sizeof got);
         vlm_log_error("%s: key '%s%s' is %s, which holds a control character", c->path, c->prefix, key, got);
@@ -497,10 +492,28 @@ static void default_pinpoints(int64_t *n_out, int64_t (*pts)[2]) {
     *n_out = n;
 }
 
+/* A section handed over already parsed (a .mbq header): the same object and duplicate-key rules as a file. */
+static enum vlm_status check_root(const cJSON *root, const char *path) {
+    if (!cJSON_IsObject(root)) {
+        vlm_log_error("%s: not a JSON object", path);
+        return VLM_ERR_FORMAT;
+    }
+    return check_dup_keys(path, root);
+}
+
 enum vlm_status vlm_config_parse(const char *path, struct vlm_config *out) {
     if (!path || !out) return VLM_ERR_ARG;
     cJSON *root = NULL;
     enum vlm_status st = load_json(path, &root);
+    if (st != VLM_OK) return st;
+    st = vlm_config_parse_json(root, path, out);
+    cJSON_Delete(root);
+    return st;
+}
+
+enum vlm_status vlm_config_parse_json(const cJSON *root, const char *path, struct vlm_config *out) {
+    if (!root || !path || !out) return VLM_ERR_ARG;
+    enum vlm_status st = check_root(root, path);
     if (st != VLM_OK) return st;
     struct jctx c = {path, ""};
     struct vlm_config *x = calloc(1, sizeof *x); /* built aside so *out stays untouched on failure */
@@ -638,11 +651,9 @@ enum vlm_status vlm_config_parse(const char *path, struct vlm_config *out) {
 
     *out = *x;
     free(x);
-    cJSON_Delete(root);
     return VLM_OK;
 fail:
     free(x);
-    cJSON_Delete(root);
     return st;
 }
 
@@ -684,6 +695,15 @@ enum vlm_status vlm_preproc_parse(const char *path, struct vlm_preproc_config *o
     if (!path || !out) return VLM_ERR_ARG;
     cJSON *root = NULL;
     enum vlm_status st = load_json(path, &root);
+    if (st != VLM_OK) return st;
+    st = vlm_preproc_parse_json(root, path, out);
+    cJSON_Delete(root);
+    return st;
+}
+
+enum vlm_status vlm_preproc_parse_json(const cJSON *root, const char *path, struct vlm_preproc_config *out) {
+    if (!root || !path || !out) return VLM_ERR_ARG;
+    enum vlm_status st = check_root(root, path);
     if (st != VLM_OK) return st;
     struct jctx c = {path, ""};
     struct vlm_preproc_config x = {0};
@@ -757,10 +777,8 @@ enum vlm_status vlm_preproc_parse(const char *path, struct vlm_preproc_config *o
         (st = parse_pinpoints(path, "image_grid_pinpoints", pp, x.size_h, &x.n_pinpoints, x.pinpoints)) != VLM_OK)
         goto fail;
     *out = x;
-    cJSON_Delete(root);
     return VLM_OK;
 fail:
-    cJSON_Delete(root);
     return st;
 }
 

@@ -98,6 +98,12 @@ enum vlm_status vlm_config_parse(const char *path, struct vlm_config *out);
  * crop_size != size. *out untouched on failure. */
 enum vlm_status vlm_preproc_parse(const char *path, struct vlm_preproc_config *out);
 
+/* The same two parsers over an already-parsed JSON object (a .mbq header section); name is used in messages
+ * (e.g. "model.mbq: config"). Duplicate keys are rejected here too. */
+struct cJSON;
+enum vlm_status vlm_config_parse_json(const struct cJSON *root, const char *name, struct vlm_config *out);
+enum vlm_status vlm_preproc_parse_json(const struct cJSON *root, const char *name, struct vlm_preproc_config *out);
+
 /* Parameter counts implied by a config (independent of any weights file). */
 struct vlm_param_count {
     int64_t vision;        /* tower up to the layers kept, incl. embeddings and post-LN */

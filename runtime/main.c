@@ -14,6 +14,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/qgemm.h"
+#include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
 #include "runtime/util.h"
@@ -25,8 +28,9 @@
 #define MAX_STOP_IDS 16
 
 static void usage(FILE *f) {
-    fputs("usage: vlmrun --model DIR [options] IMAGE PROMPT\n"
-          "  --model DIR     Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
+    fputs("usage: vlmrun --model PATH [options] IMAGE PROMPT\n"
+          "  --model PATH    a .mbq file written by vlmconvert (quantized or not; carries its tokenizer), or a\n"
+          "                  Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
           "  --max-new N     generate at most N tokens (default 32)\n"
           "  --ignore-eos    do not stop at the end-of-sequence tokens (generation_config.json and the\n"
@@ -40,7 +44,8 @@ static void usage(FILE *f) {
           "                  the one in the model directory\n"
           "  --ids           PROMPT is token ids even when a tokenizer is available (output: token ids)\n"
           "  --info          print the model's dimensions, parameter counts and memory needs from its\n"
-          "                  config.json alone (no weights, image or prompt needed) and exit\n"
+          "                  config alone (no weights, image or prompt needed; for a .mbq also what the file holds)\n"
+          "                  and exit\n"
           "  -h, --help      show this help\n"
           "IMAGE is a PNG or JPEG file. With a tokenizer (tokenizer.json or tokenizer.model in the model\n"
           "directory, or --tokenizer), PROMPT is the question in plain text: it goes into the chat template\n"
@@ -82,8 +87,24 @@ static int64_t parse_prompt(const char *s, int64_t image_token, int64_t *ids, in
     return n;
 }
 
-/* Reads eos ids from DIR/generation_config.json when present (int or list); absent file = no stop ids. */
-static int read_stop_ids(const char *dir, int64_t *stop, int cap) {
+static int stop_ids_from_json(const cJSON *j, int64_t *stop, int cap) {
+    int n = 0;
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id");
+    if (cJSON_IsNumber(e)) stop[n++] = (int64_t)e->valuedouble;
+    else if (cJSON_IsArray(e)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, e) if (cJSON_IsNumber(it) && n < cap) stop[n++] = (int64_t)it->valuedouble;
+    }
+    return n;
+}
+
+/* Reads eos ids from DIR/generation_config.json when present (int or list); absent file = no stop ids. A .mbq
+ * model carries that file's content in its header ("generation"). */
+static int read_stop_ids(const struct vlm_model *m, const char *dir, int64_t *stop, int cap) {
+    if (m->mbq) {
+        const cJSON *g = cJSON_GetObjectItemCaseSensitive(mbq_file_header(m->mbq), "generation");
+        return cJSON_IsObject(g) ? stop_ids_from_json(g, stop, cap) : 0;
+    }
     char path[4096];
     char *buf = NULL;
     size_t len;
@@ -99,12 +120,7 @@ static int read_stop_ids(const char *dir, int64_t *stop, int cap) {
         vlm_log_error("%s: invalid JSON", path);
         return -1;
     }
-    cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id");
-    if (cJSON_IsNumber(e)) stop[n++] = (int64_t)e->valuedouble;
-    else if (cJSON_IsArray(e)) {
-        cJSON *it;
-        cJSON_ArrayForEach(it, e) if (cJSON_IsNumber(it) && n < cap) stop[n++] = (int64_t)it->valuedouble;
-    }
+    n = stop_ids_from_json(j, stop, cap);
     cJSON_Delete(j);
     return n;
 }
@@ -114,11 +130,27 @@ static int read_stop_ids(const char *dir, int64_t *stop, int cap) {
 static int print_info(const char *dir) {
     char path[4096];
     struct vlm_config c;
-    if (!vlm_path_join(path, sizeof path, dir, "config.json")) {
+    struct stat sb;
+    struct mbq_file *mf = NULL;
+    if (stat(dir, &sb) == 0 && S_ISREG(sb.st_mode)) { /* a .mbq: its header has the config */
+        if (mbq_file_open(dir, &mf) != VLM_OK) return 1;
+        snprintf(path, sizeof path, "%s: header.config", dir);
+        const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(mbq_file_header(mf), "config");
+        if (!cJSON_IsObject(cfg)) {
+            vlm_log_error("%s: header has no 'config' object", dir);
+            mbq_file_close(mf);
+            return 1;
+        }
+        if (vlm_config_parse_json(cfg, path, &c) != VLM_OK) {
+            mbq_file_close(mf);
+            return 1;
+        }
+    } else if (!vlm_path_join(path, sizeof path, dir, "config.json")) {
         vlm_log_error("%s: path too long", dir);
         return 1;
+    } else if (vlm_config_parse(path, &c) != VLM_OK) {
+        return 1;
     }
-    if (vlm_config_parse(path, &c) != VLM_OK) return 1;
     struct vlm_mem_estimate e;
     vlm_config_estimate_memory(&c, &e);
     const struct vlm_text_config *t = &c.text;
@@ -138,6 +170,23 @@ static int print_info(const char *dir) {
     printf("memory: fp32 weights %.2f GB, fp16 weights %.2f GB, kv cache %lld B/token fp16 (%.2f GB at 8192 "
            "tokens)\n", e.fp32_bytes / GB, e.fp16_bytes / GB, (long long)e.kv_bytes_per_token_fp16,
            e.kv_bytes_per_token_fp16 * 8192.0 / GB);
+    if (mf) { /* what the file holds: bytes per stored format, and the method */
+        double bytes[VLM_MBQ_DTYPE_U8 + 1] = {0}, total = 0;
+        for (int64_t i = 0; i < mbq_file_count(mf); i++) {
+            const struct mbq_tensor *te = mbq_file_at(mf, i);
+            bytes[te->dtype] += (double)te->size;
+            total += (double)te->size;
+        }
+        const cJSON *q = cJSON_GetObjectItemCaseSensitive(mbq_file_header(mf), "quant");
+        char *qs = q ? cJSON_PrintUnformatted(q) : NULL;
+        printf("file: %lld bytes, %lld tensors, %.2f MB of tensor data:", (long long)sb.st_size,
+               (long long)mbq_file_count(mf), total / 1e6);
+        for (int f = 0; f <= VLM_MBQ_DTYPE_U8; f++)
+            if (bytes[f] > 0) printf(" %s %.2f MB", mbq_dtype_name(f), bytes[f] / 1e6);
+        printf("\nquant: %s\n", qs ? qs : "(none recorded)");
+        free(qs);
+        mbq_file_close(mf);
+    }
     return 0;
 }
 
@@ -295,7 +344,11 @@ int main(int argc, char **argv) {
     if (img_load(image_path, &img) != VLM_OK) goto done;
     if (!ids_mode && find_tokenizer(model_dir, tok_path, &tok) != VLM_OK) goto done;
     if (vlm_model_load(model_dir, &m) != VLM_OK) goto done;
-    if (!ignore_eos && (n_stop = read_stop_ids(model_dir, stop, MAX_STOP_IDS)) < 0) goto done;
+    /* a .mbq carries its tokenizer: load it now that the model is open */
+    if (!ids_mode && !tok && !tok_path && m->mbq && vlm_model_has_tokenizer(m) &&
+        vlm_model_load_tokenizer(m, &tok) != VLM_OK)
+        goto done;
+    if (!ignore_eos && (n_stop = read_stop_ids(m, model_dir, stop, MAX_STOP_IDS)) < 0) goto done;
     const int64_t img_tok = m->config.image_token_index, d = m->config.text.hidden_size;
     int64_t n_ids = 0, *p_ids = NULL;
     if (tok) {
@@ -361,10 +414,10 @@ int main(int argc, char **argv) {
     }
     printf("\n");
     /* the first token comes out of the prefill pass; the other n_gen - 1 are decode steps */
-    vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); "
-                 "fp32 reference CPU path", (long long)n_full, gs.prefill_ms, n_full / (gs.prefill_ms * 1e-3),
+    vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); cpu, "
+                 "decoder %s", (long long)n_full, gs.prefill_ms, n_full / (gs.prefill_ms * 1e-3),
                  (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms,
-                 n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0);
+                 n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0, vlm_model_kernels_str(m));
     rc = 0;
 done:
     free(text_out);

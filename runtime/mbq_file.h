@@ -18,12 +18,15 @@
  *    "quant": {"method": "fp16" | "rtn" | ..., ...method parameters...},
  *    "tensors": [{"name": "...", "dtype": "f32|f16|bf16|q8r|w3g128|w4g128|w4a8|u8", "shape": [..],
  *                 "offset": N, "size": N}, ...]}
- * Other top-level keys are allowed and kept (the converter stores its report there).
+ * Other top-level keys are allowed and kept (the converter stores its report there). "config", "preprocessor",
+ * "quant" and "tokenizer", when present, must be objects; "tokenizer" must have "kind" "bpe" or "spm" and a
+ * "tensor" naming a u8 tensor of the table. No object anywhere in the header may repeat a key.
  * Tensor rules: names non-empty, <= 256 bytes, no control bytes, unique; rank 1..4, every dim >= 1; q8r, w3g128,
  * w4g128 and w4a8 have rank 2 and size = vlm_qlayout(dtype, shape[0], shape[1]).total_bytes; f32/f16/bf16/u8 have
  * size = product(shape) * element size; all size arithmetic overflow-checked. Offsets: in table order, the first
  * is 0 and each next one is the previous end rounded up to 64 (the running padded size — no gaps, no overlap);
- * the file ends exactly at data_offset + the last end. Padding bytes are written as zero.
+ * the file ends exactly at data_offset + the last end (with no tensors, at data_offset). Padding bytes (after the
+ * header and between tensors) are written as zero, and the reader rejects a file where they are not.
  */
 #ifndef VLM_MBQ_FILE_H
 #define VLM_MBQ_FILE_H
@@ -60,7 +63,8 @@ struct mbq_file; /* opaque: the mapping, the parsed header, the tensor table */
  * and returns VLM_ERR_IO (cannot open/read/map), VLM_ERR_FORMAT (any rule broken) or VLM_ERR_OOM; *out untouched. */
 enum vlm_status mbq_file_open(const char *path, struct mbq_file **out);
 /* The same validation over a buffer the caller keeps alive (fuzzing, tests); name is used in messages.
- * The buffer must be 64-byte aligned at buf + data_offset for tensor data to be usable (mmap guarantees it). */
+ * buf + data_offset must be 64-byte aligned (mmap guarantees it; any 4096-aligned buffer does): a misaligned
+ * buffer is the caller's error, VLM_ERR_ARG. */
 enum vlm_status mbq_file_parse(const void *buf, size_t len, const char *name, struct mbq_file **out);
 void mbq_file_close(struct mbq_file *f); /* NULL is a no-op */
 
@@ -88,9 +92,11 @@ struct mbq_writer;
  * "<path>.tmp.XXXXXX" next to path and writes the preamble and header. Errors name path and the problem. */
 enum vlm_status mbq_writer_open(const char *path, const cJSON *meta, const struct mbq_tensor_decl *decls,
                                 int64_t n_decls, struct mbq_writer **out);
-/* Writes tensor i's bytes; size must equal its declared size; each index once. */
+/* Writes tensor i's bytes; size must equal its declared size; each index once. Misuse (index, size, twice) is
+ * VLM_ERR_ARG and leaves w usable; an I/O error is VLM_ERR_IO and makes finish fail. */
 enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *data, size_t size);
-/* Checks every tensor was written, fsyncs, renames onto path, frees w (also on failure, removing the temp file). */
+/* Checks every tensor was written (else VLM_ERR_ARG), fsyncs, renames onto path, fsyncs the directory, frees w
+ * (also on failure, removing the temp file: no file appears at path, and an existing one is left as it was). */
 enum vlm_status mbq_writer_finish(struct mbq_writer *w);
 /* Removes the temp file and frees w; NULL is a no-op. Use on any error path after open. */
 void mbq_writer_abort(struct mbq_writer *w);

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "kernels/quant.h"
 #include "vlm.h"
 
 /* Tensor naming schemes of spec §9, told apart by where embed_tokens lives. */
@@ -42,6 +43,10 @@ struct qwen2_layer_weights {
     float *mlp_norm;            /* (d) post_attention_layernorm */
     float *gate_w, *up_w;       /* (f, d) */
     float *down_w;              /* (d, f) */
+    /* what the decoder runs: views of the seven linears in their stored format (f32 views of the arrays above
+     * for an HF checkpoint; into the mapped .mbq file otherwise, where the float pointers above are NULL unless
+     * the format is f32) */
+    struct vlm_qmat wq, wk, wv, wo, wgate, wup, wdown;
 };
 
 struct vlm_weights {
@@ -61,7 +66,17 @@ struct vlm_weights {
     struct qwen2_layer_weights *layers; /* (n_layers) */
     float *final_norm;          /* (d) */
     float *lm_head;             /* (n_vocab_rows, d); == embed when tied */
+    /* embedding and head as the decoder uses them (f32 views for an HF checkpoint; f16/bf16/q8r/f32 in a .mbq);
+     * embed/lm_head above are NULL for a .mbq unless stored as f32 */
+    struct vlm_qmat embed_q, lm_head_q;
 };
+
+/* Which linear kernels the decoder uses for non-f32 weights. f32 weights always run cpu_linear_ref (the
+ * float32 reference the golden tests pin down). */
+enum vlm_kernels { VLM_KERNELS_FAST = 0, VLM_KERNELS_REF };
+
+struct mbq_file;
+struct cpu_qctx;
 
 struct vlm_model {
     struct vlm_config config;
@@ -76,7 +91,35 @@ struct vlm_model {
     bool lm_head_tied;          /* no lm_head tensor: w.lm_head == w.embed */
     const char *file_dtype;     /* "F16", "BF16", "F32" or "mixed" (static storage) */
     int n_files;                /* safetensors files (shards) read */
+    /* .mbq models: the mapped file the quantized views point into (NULL for an HF checkpoint) */
+    struct mbq_file *mbq;
+    const char *quant_method;   /* "none" for an HF checkpoint, else the .mbq header's quant.method */
+    /* mutable run state behind the const model: kernel scratch (one decoding thread of control per model) */
+    struct cpu_qctx *qctx;
+    enum vlm_kernels kernels;
 };
+
+/* An .mbq file (vlm_model_load dispatches here when given a regular file): config, preprocessor and tensors from
+ * the file; vision, projector, norms and biases converted to the float32 arena; decoder linears, embedding and
+ * lm_head used in place from the mapping. Same status contract as vlm_model_load. */
+enum vlm_status vlm_model_load_mbq(const char *path, struct vlm_model **out);
+
+/* The tokenizer that travels with the model: inside a .mbq file, or tokenizer.json / tokenizer.model in an HF
+ * checkpoint directory. Statuses as tok_load. */
+struct vlm_tokenizer;
+enum vlm_status vlm_model_load_tokenizer(const struct vlm_model *m, struct vlm_tokenizer **out);
+
+/* True when m is a .mbq that carries a tokenizer. */
+bool vlm_model_has_tokenizer(const struct vlm_model *m);
+/* One phrase for logs: the decoder's weight formats and the kernels that run them (static buffer). */
+const char *vlm_model_kernels_str(const struct vlm_model *m);
+
+/* Checks that preprocessor settings fit the config (crop side = vision image_size, same pinpoints); name is
+ * used in messages. */
+enum vlm_status vlm_preproc_check(const char *name, const struct vlm_config *c, const struct vlm_preproc_config *pp);
+
+/* Points the vlm_qmat views of the decoder, embedding and head at the float32 arrays (HF checkpoints). */
+void vlm_model_set_f32_views(struct vlm_model *m);
 
 /* Contract of vlm_model_load (include/vlm.h), in detail: parses dir/config.json and dir/preprocessor_config.json
  * (size must equal vision image_size, its pinpoints, if any, must equal the config's), opens the checkpoint

@@ -12,7 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/qgemm.h"
+#include "mbq_file.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -216,6 +220,11 @@ static enum vlm_status plan_vocab(struct plan *p, const struct scheme *s, const 
 
 void vlm_model_free(struct vlm_model *m) {
     if (!m) return;
+    if (m->qctx) {
+        cpu_qctx_free(m->qctx);
+        free(m->qctx);
+    }
+    mbq_file_close(m->mbq);
     free(m->arena);
     free(m->w.vit);
     free(m->w.layers);
@@ -224,8 +233,7 @@ void vlm_model_free(struct vlm_model *m) {
 }
 
 /* The processor must produce what the tower eats: crop side = image_size, same canvases. */
-static enum vlm_status check_preproc(const char *path, const struct vlm_config *c,
-                                     const struct vlm_preproc_config *pp) {
+enum vlm_status vlm_preproc_check(const char *path, const struct vlm_config *c, const struct vlm_preproc_config *pp) {
     if (pp->size_h != c->vision.image_size || pp->size_w != c->vision.image_size) {
         vlm_log_error("%s: key 'size' is %lld x %lld, but vision_config.image_size is %lld", path,
                       (long long)pp->size_h, (long long)pp->size_w, (long long)c->vision.image_size);
@@ -242,8 +250,37 @@ static enum vlm_status check_preproc(const char *path, const struct vlm_config *
     return VLM_OK;
 }
 
+static struct vlm_qmat f32_view(const float *p, int64_t n, int64_t k) {
+    return (struct vlm_qmat){.fmt = VLM_QF_F32, .n = n, .k = k, .codes = p};
+}
+
+void vlm_model_set_f32_views(struct vlm_model *m) {
+    const struct vlm_text_config *t = &m->config.text;
+    const int64_t d = t->hidden_size, f = t->intermediate_size;
+    const int64_t q = t->n_heads * t->head_dim, kv = t->n_kv_heads * t->head_dim;
+    for (int64_t l = 0; l < t->n_layers; l++) {
+        struct qwen2_layer_weights *L = &m->w.layers[l];
+        L->wq = f32_view(L->q_w, q, d);
+        L->wk = f32_view(L->k_w, kv, d);
+        L->wv = f32_view(L->v_w, kv, d);
+        L->wo = f32_view(L->o_w, d, q);
+        L->wgate = f32_view(L->gate_w, f, d);
+        L->wup = f32_view(L->up_w, f, d);
+        L->wdown = f32_view(L->down_w, d, f);
+    }
+    m->w.embed_q = f32_view(m->w.embed, m->w.n_vocab_rows, d);
+    m->w.lm_head_q = f32_view(m->w.lm_head, m->w.n_vocab_rows, d);
+}
+
+/* A path naming a regular file is a .mbq; anything else is tried as a checkpoint directory. */
+static bool is_regular_file(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
 enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
     if (!dir || !out) return VLM_ERR_ARG;
+    if (is_regular_file(dir)) return vlm_model_load_mbq(dir, out);
     enum vlm_status st;
     struct vlm_model *m = NULL;
     struct st_checkpoint *ck = NULL;
@@ -263,7 +300,7 @@ enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
     }
     if ((st = vlm_config_parse(path, &m->config)) != VLM_OK) goto fail;
     if ((st = vlm_preproc_parse(pp_path, &m->preproc)) != VLM_OK) goto fail;
-    if ((st = check_preproc(pp_path, &m->config, &m->preproc)) != VLM_OK) goto fail;
+    if ((st = vlm_preproc_check(pp_path, &m->config, &m->preproc)) != VLM_OK) goto fail;
     if ((st = st_checkpoint_open(dir, &ck)) != VLM_OK) goto fail;
 
     /* scheme: where embed_tokens lives */
@@ -350,6 +387,14 @@ enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
         *e->dst = dst;
     }
     if (tied) w->lm_head = w->embed;
+    vlm_model_set_f32_views(m);
+    m->quant_method = "none";
+    if (!(m->qctx = calloc(1, sizeof *m->qctx))) {
+        vlm_log_error("%s: out of memory", dir);
+        st = VLM_ERR_OOM;
+        goto fail;
+    }
+    m->qctx->pool = vlm_pool_default();
 
     m->scheme = s->id;
     m->vision_prefix = vp;
@@ -373,8 +418,19 @@ fail:
  * ------------------------------------------------------------------------------------------------------------- */
 
 void vlm_model_log_summary(const struct vlm_model *m) {
+    if (m->mbq) {
+        double mapped = 0;
+        for (int64_t i = 0; i < mbq_file_count(m->mbq); i++) mapped += (double)mbq_file_at(m->mbq, i)->size;
+        vlm_log_info("model %s: quant %s, decoder linears %s, embed %s, lm_head %s; %.2f MB mapped, %.2f MB fp32 "
+                     "arena (vision, projector, norms), vision layers %lld of %lld", m->dir, m->quant_method,
+                     vlm_qformat_name(m->w.layers[0].wq.fmt), vlm_qformat_name(m->w.embed_q.fmt),
+                     m->lm_head_tied ? "tied to embed_tokens" : vlm_qformat_name(m->w.lm_head_q.fmt), mapped / 1e6,
+                     (double)m->arena_floats * 4.0 / 1e6, (long long)m->w.n_vit_layers,
+                     (long long)m->config.vision.n_layers);
+        return;
+    }
     vlm_log_info("model %s: %zu params (%.1f M), %.2f MB fp32 in one arena, file dtype %s (%d file%s, names %s%s%s), "
-                 "lm_head %s, vision layers %lld of %lld, backend cpu fp32",
+                 "lm_head %s, vision layers %lld of %lld, fp32 reference",
                  m->dir, m->arena_floats, (double)m->arena_floats / 1e6, (double)m->arena_floats * 4.0 / 1e6,
                  m->file_dtype,
                  m->n_files, m->n_files == 1 ? "" : "s", vlm_name_scheme_str(m->scheme),

@@ -5,8 +5,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
 #include "util.h"
+
+/* y (M, w->n) = x (M, w->k) · Ŵᵀ + b in the weight's stored format: f32 through the float32 reference (the path
+ * the golden tests pin down), other formats through the fast kernels (or their references when m->kernels says
+ * so). The only failure is the fast path's scratch growing (VLM_ERR_OOM, logged there). */
+static enum vlm_status linear(const struct vlm_model *m, float *y, const float *x, const struct vlm_qmat *w,
+                              const float *b, int64_t M) {
+    if (w->fmt == VLM_QF_F32) {
+        cpu_linear_ref(y, x, w->codes, b, M, w->n, w->k);
+        return VLM_OK;
+    }
+    if (m->kernels == VLM_KERNELS_REF) {
+        cpu_qlinear_ref(y, x, w, b, M);
+        return VLM_OK;
+    }
+    return cpu_qlinear(m->qctx, y, x, w, b, M);
+}
 
 enum vlm_status kv_cache_init(struct kv_cache *kv, const struct vlm_text_config *tc, int64_t max_seq) {
     if (max_seq <= 0 || max_seq > tc->max_position_embeddings) {
@@ -45,7 +62,7 @@ enum vlm_status qwen2_embed(const struct vlm_model *m, const int64_t *ids, int64
                           (long long)ids[i], (long long)i, (long long)m->w.n_vocab_rows - 1);
             return VLM_ERR_ARG;
         }
-        memcpy(out + i * d, m->w.embed + ids[i] * d, (size_t)d * sizeof(float));
+        vlm_dequantize_row_ref(&m->w.embed_q, ids[i], out + i * d);
     }
     return VLM_OK;
 }
@@ -76,37 +93,35 @@ enum vlm_status qwen2_forward_ex(const struct vlm_model *m, struct kv_cache *kv,
     float *h = buf, *a = h + n * d, *q = a + n * d, *att = q + n * qd, *gate = att + n * qd, *up = gate + n * f;
     float *scores = up + n * f;
     memcpy(h, x, (size_t)(n * d) * sizeof(float));
+    enum vlm_status st = VLM_OK;
 
     for (int64_t l = 0; l < tc->n_layers; l++) {
         const struct qwen2_layer_weights *L = &m->w.layers[l];
         float *kc = kv->k + (l * kv->max_seq) * kvd, *vc = kv->v + (l * kv->max_seq) * kvd;
         cpu_rmsnorm_ref(a, h, L->attn_norm, n, d, tc->rms_norm_eps);
-        cpu_linear_ref(q, a, L->q_w, L->q_b, n, qd, d);
         /* k and v go straight into the cache rows of the new positions */
-        cpu_linear_ref(kc + pos0 * kvd, a, L->k_w, L->k_b, n, kvd, d);
-        cpu_linear_ref(vc + pos0 * kvd, a, L->v_w, L->v_b, n, kvd, d);
+        if ((st = linear(m, q, a, &L->wq, L->q_b, n)) || (st = linear(m, kc + pos0 * kvd, a, &L->wk, L->k_b, n)) ||
+            (st = linear(m, vc + pos0 * kvd, a, &L->wv, L->v_b, n)))
+            goto done;
         cpu_rope_neox_ref(q, n, tc->n_heads, hd, pos0, tc->rope_theta);
         cpu_rope_neox_ref(kc + pos0 * kvd, n, tc->n_kv_heads, hd, pos0, tc->rope_theta);
         cpu_attention_ref(att, q, kc, vc, n, pos0 + n, tc->n_heads, tc->n_kv_heads, hd, kvd, pos0, 1, scores);
-        cpu_linear_ref(a, att, L->o_w, NULL, n, d, qd);
+        if ((st = linear(m, a, att, &L->wo, NULL, n))) goto done;
         for (int64_t i = 0; i < n * d; i++) h[i] += a[i];
         cpu_rmsnorm_ref(a, h, L->mlp_norm, n, d, tc->rms_norm_eps);
-        cpu_linear_ref(gate, a, L->gate_w, NULL, n, f, d);
-        cpu_linear_ref(up, a, L->up_w, NULL, n, f, d);
+        if ((st = linear(m, gate, a, &L->wgate, NULL, n)) || (st = linear(m, up, a, &L->wup, NULL, n))) goto done;
         cpu_swiglu_ref(gate, up, n * f);
-        cpu_linear_ref(a, gate, L->down_w, NULL, n, d, f);
+        if ((st = linear(m, a, gate, &L->wdown, NULL, n))) goto done;
         for (int64_t i = 0; i < n * d; i++) h[i] += a[i];
     }
     kv->n_past += n;
     if (last_hidden) memcpy(last_hidden, h + (n - 1) * d, (size_t)d * sizeof(float));
-    if (!logits) {
-        free(buf);
-        return VLM_OK;
+    if (logits) {
+        const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
+        cpu_rmsnorm_ref(a, h + first * d, m->w.final_norm, n_out, d, tc->rms_norm_eps);
+        st = linear(m, logits, a, &m->w.lm_head_q, NULL, n_out);
     }
-
-    const int64_t first = all_logits ? 0 : n - 1, n_out = n - first;
-    cpu_rmsnorm_ref(a, h + first * d, m->w.final_norm, n_out, d, tc->rms_norm_eps);
-    cpu_linear_ref(logits, a, m->w.lm_head, NULL, n_out, m->w.n_vocab_rows, d);
+done:
     free(buf);
-    return VLM_OK;
+    return st;
 }

@@ -176,63 +176,6 @@ const struct st_tensor *st_checkpoint_find(const struct st_checkpoint *ck, const
  * JSON helpers (shared by header and index parsing)
  * ------------------------------------------------------------------------------------------------------------- */
 
-/* Validates raw header text before cJSON sees it, closing parser-differential holes: bytes must be UTF-8 (no
- * overlongs, surrogates or code points > U+10FFFF); no raw control byte except JSON whitespace (JSON forbids them
- * in strings; cJSON would accept them); no "\u0000" escape (cJSON would cut the string there, so two different
- * names could compare equal). Returns NULL when fine, else a short reason. */
-static const char *json_prescan(const unsigned char *s, size_t n, size_t *where) {
-    bool in_str = false;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = s[i];
-        *where = i;
-        if (c < 0x80) {
-            if (c < 0x20 && c != ' ' && c != '\t' && c != '\n' && c != '\r') return "a raw control byte";
-            if (c < 0x20 && in_str) return "a raw control byte inside a string";
-            if (c == '"') in_str = !in_str;
-            else if (c == '\\' && in_str) {
-                if (i + 1 >= n) return "a truncated escape";
-                if (s[i + 1] == 'u' && i + 5 < n && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
-                    s[i + 5] == '0')
-                    return "a \\u0000 escape";
-                i += 2; /* skip the escaped character (so \" does not end the string) */
-                continue;
-            }
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f, min = 0x80;
-        else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f, min = 0x800;
-        else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07, min = 0x10000;
-        else return "invalid UTF-8";
-        if (len > n - i) return "truncated UTF-8";
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return "invalid UTF-8";
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "invalid UTF-8";
-        i += len;
-    }
-    if (in_str) return "an unterminated string";
-    return NULL;
-}
-
-/* s made safe for a one-line message: control bytes become '?', at most cap-1 bytes (then "..."). */
-static const char *printable(const char *s, char *buf, size_t cap) {
-    size_t i = 0;
-    for (; s[i] && i + 1 < cap; i++) buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
-    buf[i] = 0;
-    if (s[i] && cap > 4) memcpy(buf + cap - 4, "...", 4);
-    return buf;
-}
-
-static bool has_control(const char *s) {
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return true;
-    return false;
-}
-
 static int cmp_cstr_ptr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
@@ -311,7 +254,7 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
         goto fail;
     }
     size_t where = 0;
-    const char *why = json_prescan(h, (size_t)hlen, &where);
+    const char *why = vlm_json_prescan(h, (size_t)hlen, &where);
     if (why) {
         vlm_log_error("%s: header has %s at byte %zu", path, why, where + 8);
         goto fail;
@@ -343,7 +286,7 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
         goto fail;
     }
     if (dup) {
-        vlm_log_error("%s: header has the key '%s' twice", path, printable(dup, pbuf, sizeof pbuf));
+        vlm_log_error("%s: header has the key '%s' twice", path, vlm_printable(dup, pbuf, sizeof pbuf));
         goto fail;
     }
 
@@ -365,14 +308,14 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
             }
             if ((dup = json_dup_key(it, &oom)) != NULL || oom) {
                 if (oom) vlm_log_error("%s: out of memory checking __metadata__ keys", path);
-                else vlm_log_error("%s: __metadata__ has the key '%s' twice", path, printable(dup, pbuf, sizeof pbuf));
+                else vlm_log_error("%s: __metadata__ has the key '%s' twice", path, vlm_printable(dup, pbuf, sizeof pbuf));
                 st = oom ? VLM_ERR_OOM : VLM_ERR_FORMAT;
                 goto fail;
             }
             for (const cJSON *m = it->child; m; m = m->next) {
                 if (!cJSON_IsString(m)) {
                     vlm_log_error("%s: __metadata__ value of '%s' is not a string", path,
-                                  printable(m->string, pbuf, sizeof pbuf));
+                                  vlm_printable(m->string, pbuf, sizeof pbuf));
                     goto fail;
                 }
             }
@@ -383,9 +326,9 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
             vlm_log_error("%s: tensor name of %zu bytes (must be 1..%d)", path, name_len, ST_MAX_NAME);
             goto fail;
         }
-        if (has_control(name)) { /* escaped control characters ("\n") would break one-line messages */
+        if (vlm_has_control(name)) { /* escaped control characters ("\n") would break one-line messages */
             vlm_log_error("%s: tensor name '%s' contains a control character", path,
-                          printable(name, pbuf, sizeof pbuf));
+                          vlm_printable(name, pbuf, sizeof pbuf));
             goto fail;
         }
         if (!cJSON_IsObject(it)) {
@@ -394,7 +337,7 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
         }
         if ((dup = json_dup_key(it, &oom)) != NULL || oom) {
             if (oom) vlm_log_error("%s: out of memory checking keys of tensor '%s'", path, name);
-            else vlm_log_error("%s: tensor '%s' has the field '%s' twice", path, name, printable(dup, pbuf, 64));
+            else vlm_log_error("%s: tensor '%s' has the field '%s' twice", path, name, vlm_printable(dup, pbuf, 64));
             st = oom ? VLM_ERR_OOM : VLM_ERR_FORMAT;
             goto fail;
         }
@@ -404,7 +347,7 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
             else if (!strcmp(f->string, "shape")) jshape = f;
             else if (!strcmp(f->string, "data_offsets")) joff = f;
             else {
-                vlm_log_error("%s: tensor '%s' has an unknown field '%s'", path, name, printable(f->string, pbuf, 64));
+                vlm_log_error("%s: tensor '%s' has an unknown field '%s'", path, name, vlm_printable(f->string, pbuf, 64));
                 goto fail;
             }
         }
@@ -430,7 +373,7 @@ static enum vlm_status parse_header(const char *path, const unsigned char *map, 
         }
         if (!bits) {
             vlm_log_error("%s: tensor '%s' has an unknown dtype %s%s%s", path, name, cJSON_IsString(jdt) ? "'" : "",
-                          cJSON_IsString(jdt) ? printable(jdt->valuestring, pbuf, 32) : "(not a string)",
+                          cJSON_IsString(jdt) ? vlm_printable(jdt->valuestring, pbuf, 32) : "(not a string)",
                           cJSON_IsString(jdt) ? "'" : "");
             goto fail;
         }
@@ -683,7 +626,7 @@ fail:
 
 static bool shard_name_ok(const char *s) {
     return s[0] != '\0' && strlen(s) <= 255 && !strchr(s, '/') && !strchr(s, '\\') && !strstr(s, "..") &&
-           !has_control(s);
+           !vlm_has_control(s);
 }
 
 static enum vlm_status open_sharded(const char *dir, const char *index_path, struct st_checkpoint **out) {
@@ -698,7 +641,7 @@ static enum vlm_status open_sharded(const char *dir, const char *index_path, str
     if ((st = vlm_file_read_all(index_path, ST_MAX_INDEX_BYTES, &text, &len)) != VLM_OK) return st;
     st = VLM_ERR_FORMAT;
     size_t where = 0;
-    const char *why = json_prescan((const unsigned char *)text, len, &where);
+    const char *why = vlm_json_prescan((const unsigned char *)text, len, &where);
     if (why) {
         vlm_log_error("%s: has %s at byte %zu", index_path, why, where);
         goto fail;
@@ -718,7 +661,7 @@ static enum vlm_status open_sharded(const char *dir, const char *index_path, str
         goto fail;
     }
     if (dup) {
-        vlm_log_error("%s: has the key '%s' twice", index_path, printable(dup, pbuf, sizeof pbuf));
+        vlm_log_error("%s: has the key '%s' twice", index_path, vlm_printable(dup, pbuf, sizeof pbuf));
         goto fail;
     }
     if (!cJSON_IsObject(wm)) {
@@ -738,13 +681,13 @@ static enum vlm_status open_sharded(const char *dir, const char *index_path, str
     for (const cJSON *e = wm->child; e; e = e->next) {
         if (!cJSON_IsString(e)) {
             vlm_log_error("%s: weight_map value of '%s' is not a string", index_path,
-                          printable(e->string, pbuf, sizeof pbuf));
+                          vlm_printable(e->string, pbuf, sizeof pbuf));
             goto fail;
         }
         const char *s = e->valuestring;
         if (!shard_name_ok(s)) {
             vlm_log_error("%s: shard name '%s' of tensor '%s' is not a plain file name", index_path,
-                          printable(s, sbuf, sizeof sbuf), printable(e->string, pbuf, sizeof pbuf));
+                          vlm_printable(s, sbuf, sizeof sbuf), vlm_printable(e->string, pbuf, sizeof pbuf));
             goto fail;
         }
         int k = 0;
@@ -796,7 +739,7 @@ static enum vlm_status open_sharded(const char *dir, const char *index_path, str
     for (const cJSON *e = wm->child; e; e = e->next) {
         if (!st_checkpoint_find(ck, e->string)) {
             vlm_log_error("%s: weight_map names tensor '%s' but %s does not hold it", index_path,
-                          printable(e->string, pbuf, sizeof pbuf), e->valuestring);
+                          vlm_printable(e->string, pbuf, sizeof pbuf), e->valuestring);
             goto fail;
         }
     }

@@ -23,8 +23,12 @@ const char *vlm_status_str(enum vlm_status s) {
     return "unknown status";
 }
 
+/* The program name in front of every log line; the CLIs set it (tests expect "vlmrun"). */
+static const char *g_prog = "vlmrun";
+void vlm_log_set_prog(const char *name) { g_prog = name; }
+
 void vlm_assert_fail(const char *file, int line, const char *cond) {
-    fprintf(stderr, "vlmrun: assertion failed: %s:%d: %s\n", file, line, cond);
+    fprintf(stderr, "%s: assertion failed: %s:%d: %s\n", g_prog, file, line, cond);
     fflush(stderr);
     abort();
 }
@@ -32,7 +36,7 @@ void vlm_assert_fail(const char *file, int line, const char *cond) {
 void vlm_log_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("vlmrun: error: ", stderr);
+    fprintf(stderr, "%s: error: ", g_prog);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -41,7 +45,7 @@ void vlm_log_error(const char *fmt, ...) {
 void vlm_log_info(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fputs("vlmrun: ", stderr);
+    fprintf(stderr, "%s: ", g_prog);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -132,4 +136,63 @@ double vlm_time_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+/* ---- text checks shared by the file readers (safetensors.c, mbq_file.c) ---- */
+
+/* Validates raw header text before cJSON sees it, closing parser-differential holes: bytes must be UTF-8 (no
+ * overlongs, surrogates or code points > U+10FFFF); no raw control byte except JSON whitespace (JSON forbids them
+ * in strings; cJSON would accept them); no "\u0000" escape (cJSON would cut the string there, so two different
+ * names could compare equal). Returns NULL when fine, else a short reason. */
+const char *vlm_json_prescan(const unsigned char *s, size_t n, size_t *where) {
+    bool in_str = false;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        *where = i;
+        if (c < 0x80) {
+            if (c < 0x20 && c != ' ' && c != '\t' && c != '\n' && c != '\r') return "a raw control byte";
+            if (c < 0x20 && in_str) return "a raw control byte inside a string";
+            if (c == '"') in_str = !in_str;
+            else if (c == '\\' && in_str) {
+                if (i + 1 >= n) return "a truncated escape";
+                if (s[i + 1] == 'u' && i + 5 < n && s[i + 2] == '0' && s[i + 3] == '0' && s[i + 4] == '0' &&
+                    s[i + 5] == '0')
+                    return "a \\u0000 escape";
+                i += 2; /* skip the escaped character (so \" does not end the string) */
+                continue;
+            }
+            i++;
+            continue;
+        }
+        size_t len;
+        uint32_t cp, min;
+        if ((c & 0xe0) == 0xc0) len = 2, cp = c & 0x1f, min = 0x80;
+        else if ((c & 0xf0) == 0xe0) len = 3, cp = c & 0x0f, min = 0x800;
+        else if ((c & 0xf8) == 0xf0) len = 4, cp = c & 0x07, min = 0x10000;
+        else return "invalid UTF-8";
+        if (len > n - i) return "truncated UTF-8";
+        for (size_t k = 1; k < len; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return "invalid UTF-8";
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "invalid UTF-8";
+        i += len;
+    }
+    if (in_str) return "an unterminated string";
+    return NULL;
+}
+
+/* s made safe for a one-line message: control bytes become '?', at most cap-1 bytes (then "..."). */
+const char *vlm_printable(const char *s, char *buf, size_t cap) {
+    size_t i = 0;
+    for (; s[i] && i + 1 < cap; i++) buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
+    buf[i] = 0;
+    if (s[i] && cap > 4) memcpy(buf + cap - 4, "...", 4);
+    return buf;
+}
+
+bool vlm_has_control(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return true;
+    return false;
 }

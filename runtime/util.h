@@ -13,8 +13,11 @@
 #define VLM_ASSERT(cond) ((cond) ? (void)0 : vlm_assert_fail(__FILE__, __LINE__, #cond))
 _Noreturn void vlm_assert_fail(const char *file, int line, const char *cond);
 
-/* One line on stderr, prefixed "vlmrun: error: ". Callers name the file and the problem. */
+/* One line on stderr, prefixed "vlmrun: error: " (the program name: see vlm_log_set_prog). Callers name the file
+ * and the problem. */
 void vlm_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The program name used by the log lines ("vlmrun" unless a CLI sets its own; static storage). */
+void vlm_log_set_prog(const char *name);
 /* Informational line on stderr (load summary, timings). */
 void vlm_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -47,5 +50,14 @@ bool vlm_path_join(char *buf, size_t cap, const char *dir, const char *name);
 
 /* Monotonic wall clock in milliseconds. */
 double vlm_time_ms(void);
+
+/* Raw JSON text checks before cJSON sees it (closes parser-differential holes): valid UTF-8 (no overlongs,
+ * surrogates, > U+10FFFF), no raw control bytes except JSON whitespace, no "\u0000" escape, no unterminated
+ * string. NULL when fine, else a short reason with *where = the byte offset. */
+const char *vlm_json_prescan(const unsigned char *s, size_t n, size_t *where);
+/* s made safe for a one-line message in buf (cap bytes): control bytes become '?', long strings end in "...". */
+const char *vlm_printable(const char *s, char *buf, size_t cap);
+/* True when s holds a control byte (< 0x20 or 0x7f). */
+bool vlm_has_control(const char *s);
 
 #endif

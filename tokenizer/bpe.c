@@ -392,7 +392,9 @@ static void put_token(struct bpe_model *m, int64_t id, const char *s, size_t len
     m->flags[id] = flags;
 }
 
-enum vlm_status bpe_load(const char *path, struct bpe_model **out, struct tok_special *special, int64_t *vocab_size) {
+/* data == NULL: read the file at path; else parse data[0..data_len) and use path as its name in messages. */
+static enum vlm_status bpe_load_impl(const char *path, const char *data, size_t data_len, struct bpe_model **out,
+                                     struct tok_special *special, int64_t *vocab_size) {
     char *text = NULL;
     size_t text_len = 0;
     cJSON *root = NULL;
@@ -401,8 +403,24 @@ enum vlm_status bpe_load(const char *path, struct bpe_model **out, struct tok_sp
     const cJSON **added_of = NULL; /* added token of each id (n_ids), NULL if none */
     char *cat = NULL;              /* merge concatenation buffer */
     char ebuf[64];
-    enum vlm_status st = vlm_file_read_all(path, BPE_MAX_FILE_BYTES, &text, &text_len);
-    if (st != VLM_OK) return st;
+    enum vlm_status st;
+    if (data) {
+        if (data_len > BPE_MAX_FILE_BYTES) {
+            vlm_log_error("%s: %zu bytes, more than the %zu-byte limit", path, data_len, (size_t)BPE_MAX_FILE_BYTES);
+            return VLM_ERR_FORMAT;
+        }
+        text = malloc(data_len + 1);
+        if (!text) {
+            vlm_log_error("%s: out of memory", path);
+            return VLM_ERR_OOM;
+        }
+        memcpy(text, data, data_len);
+        text[data_len] = 0;
+        text_len = data_len;
+    } else {
+        st = vlm_file_read_all(path, BPE_MAX_FILE_BYTES, &text, &text_len);
+        if (st != VLM_OK) return st;
+    }
     st = VLM_ERR_FORMAT;
     if (text_len == 0) {
         vlm_log_error("%s: file is empty", path);
@@ -1183,4 +1201,13 @@ enum vlm_status bpe_encode(const struct bpe_model *m, const char *text, size_t l
     free(e->ids);
     enc_free(e);
     return st;
+}
+
+enum vlm_status bpe_load(const char *path, struct bpe_model **out, struct tok_special *special, int64_t *vocab_size) {
+    return bpe_load_impl(path, NULL, 0, out, special, vocab_size);
+}
+
+enum vlm_status bpe_load_mem(const char *name, const void *data, size_t len, struct bpe_model **out,
+                             struct tok_special *special, int64_t *vocab_size) {
+    return bpe_load_impl(name, data ? data : "", len, out, special, vocab_size);
 }

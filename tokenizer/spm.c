@@ -84,12 +84,29 @@ static int64_t id_or_none(const struct spmw *w, const char *piece) {
     return spmw_piece_to_id(w, piece, strlen(piece));
 }
 
-enum vlm_status spm_load(const char *path, struct spm_model **out, struct tok_special *special, int64_t *vocab_size) {
+/* data == NULL: read the file at path; else load data[0..data_len) and use path as its name in messages. */
+static enum vlm_status spm_load_impl(const char *path, const void *data, size_t data_len, struct spm_model **out,
+                                     struct tok_special *special, int64_t *vocab_size) {
     char *buf = NULL, err[512] = "";
     size_t len = 0;
     struct spm_model *s = NULL;
-    enum vlm_status st = vlm_file_read_all(path, SPM_MAX_MODEL_BYTES, &buf, &len); /* logs, naming path */
-    if (st != VLM_OK) return st;
+    enum vlm_status st;
+    if (data) {
+        if (data_len > SPM_MAX_MODEL_BYTES) {
+            vlm_log_error("%s: %zu bytes, more than the %zu-byte limit", path, data_len, (size_t)SPM_MAX_MODEL_BYTES);
+            return VLM_ERR_FORMAT;
+        }
+        buf = malloc(data_len ? data_len : 1);
+        if (!buf) {
+            vlm_log_error("%s: out of memory", path);
+            return VLM_ERR_OOM;
+        }
+        if (data_len) memcpy(buf, data, data_len);
+        len = data_len;
+    } else {
+        st = vlm_file_read_all(path, SPM_MAX_MODEL_BYTES, &buf, &len); /* logs, naming path */
+        if (st != VLM_OK) return st;
+    }
     s = calloc(1, sizeof *s);
     if (!s) {
         vlm_log_error("%s: out of memory", path);
@@ -275,4 +292,13 @@ const unsigned char *spm_token_bytes(const struct spm_model *s, int64_t id, size
 
 int64_t spm_token_to_id(const struct spm_model *s, const char *token) {
     return spmw_piece_to_id(s->w, token, strlen(token));
+}
+
+enum vlm_status spm_load(const char *path, struct spm_model **out, struct tok_special *special, int64_t *vocab_size) {
+    return spm_load_impl(path, NULL, 0, out, special, vocab_size);
+}
+
+enum vlm_status spm_load_mem(const char *name, const void *data, size_t len, struct spm_model **out,
+                             struct tok_special *special, int64_t *vocab_size) {
+    return spm_load_impl(name, data ? data : "", len, out, special, vocab_size);
 }

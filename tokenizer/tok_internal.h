@@ -18,6 +18,9 @@ struct vlm_tokenizer {
 
 /* Byte-level BPE (tokenizer.json). Contracts as the tok_* functions of tokenizer.h. */
 enum vlm_status bpe_load(const char *path, struct bpe_model **out, struct tok_special *special, int64_t *vocab_size);
+/* The same from a buffer holding the file's bytes; name is used in messages. */
+enum vlm_status bpe_load_mem(const char *name, const void *data, size_t len, struct bpe_model **out,
+                             struct tok_special *special, int64_t *vocab_size);
 void bpe_free(struct bpe_model *b);
 enum vlm_status bpe_encode(const struct bpe_model *b, const char *text, size_t len, bool parse_special, int64_t **ids,
                            size_t *n_ids);
@@ -27,6 +30,8 @@ int64_t bpe_token_to_id(const struct bpe_model *b, const char *token);
 
 /* SentencePiece (tokenizer.model). */
 enum vlm_status spm_load(const char *path, struct spm_model **out, struct tok_special *special, int64_t *vocab_size);
+enum vlm_status spm_load_mem(const char *name, const void *data, size_t len, struct spm_model **out,
+                             struct tok_special *special, int64_t *vocab_size);
 void spm_free(struct spm_model *s);
 enum vlm_status spm_encode(const struct spm_model *s, const char *text, size_t len, bool parse_special, int64_t **ids,
                            size_t *n_ids);

@@ -58,6 +58,28 @@ enum vlm_status tok_load_file(const char *path, struct vlm_tokenizer **out) {
     return VLM_OK;
 }
 
+enum vlm_status tok_load_mem(enum tok_kind kind, const char *name, const void *data, size_t len,
+                             struct vlm_tokenizer **out) {
+    if (!name || (!data && len) || !out || (kind != TOK_KIND_BPE && kind != TOK_KIND_SPM)) {
+        vlm_log_error("tok_load_mem: bad argument");
+        return VLM_ERR_ARG;
+    }
+    struct vlm_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        vlm_log_error("%s: out of memory", name);
+        return VLM_ERR_OOM;
+    }
+    t->kind = kind;
+    enum vlm_status st = kind == TOK_KIND_BPE ? bpe_load_mem(name, data, len, &t->bpe, &t->special, &t->vocab_size)
+                                              : spm_load_mem(name, data, len, &t->spm, &t->special, &t->vocab_size);
+    if (st != VLM_OK) {
+        free(t);
+        return st;
+    }
+    *out = t;
+    return VLM_OK;
+}
+
 enum vlm_status tok_load(const char *dir, struct vlm_tokenizer **out) {
     if (!dir || !out) {
         vlm_log_error("tok_load: NULL argument");

@@ -32,6 +32,10 @@ struct tok_special {
 enum vlm_status tok_load(const char *dir, struct vlm_tokenizer **out);
 /* Same, from one file path (tokenizer.json or *.model by its content). */
 enum vlm_status tok_load_file(const char *path, struct vlm_tokenizer **out);
+/* Same, from the bytes of a tokenizer.json (TOK_KIND_BPE) or tokenizer.model (TOK_KIND_SPM) held in memory (the
+ * tokenizer inside a .mbq file); name is used in messages. The bytes are not referenced after return. */
+enum vlm_status tok_load_mem(enum tok_kind kind, const char *name, const void *data, size_t len,
+                             struct vlm_tokenizer **out);
 void tok_free(struct vlm_tokenizer *t); /* NULL is a no-op */
 
 enum tok_kind tok_get_kind(const struct vlm_tokenizer *t);

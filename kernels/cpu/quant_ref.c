@@ -31,14 +31,12 @@ static bool align_up(size_t x, size_t *out) {
     return true;
 }
 
-/* Appends a plane of `bytes` bytes at the running aligned offset *pos. */
-static bool add_plane(size_t *pos, size_t bytes, size_t *off, size_t *size) {
-    size_t end;
-    if (!vlm_size_add(*pos, bytes, &end) || !align_up(end, &end)) return false;
+/* Appends a plane of `bytes` bytes at the running aligned offset *pos; *end receives its unpadded end. */
+static bool add_plane(size_t *pos, size_t bytes, size_t *off, size_t *size, size_t *end) {
+    if (!vlm_size_add(*pos, bytes, end)) return false;
     *off = *pos;
     *size = bytes;
-    *pos = end;
-    return true;
+    return align_up(*end, pos);
 }
 
 bool vlm_qlayout(enum vlm_qformat f, int64_t n, int64_t k, struct vlm_qlayout *out, const char **why) {
@@ -58,7 +56,7 @@ bool vlm_qlayout(enum vlm_qformat f, int64_t n, int64_t k, struct vlm_qlayout *o
         return false;
     }
     struct vlm_qlayout L = {0};
-    size_t nk, pos = 0, elem;
+    size_t nk, pos = 0, elem, end = 0;
     if (!vlm_size_mul((size_t)n, (size_t)k, &nk)) goto overflow;
     L.n_groups = packed ? k / VLM_QGROUP : 0;
     size_t ng = packed ? (size_t)n * (size_t)L.n_groups : 0; /* <= n*k, no overflow */
@@ -67,29 +65,29 @@ bool vlm_qlayout(enum vlm_qformat f, int64_t n, int64_t k, struct vlm_qlayout *o
     case VLM_QF_F16:
     case VLM_QF_BF16:
         elem = f == VLM_QF_F32 ? 4 : 2;
-        if (!vlm_size_mul(nk, elem, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes)) goto overflow;
+        if (!vlm_size_mul(nk, elem, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes, &end)) goto overflow;
         break;
     case VLM_QF_Q8R:
-        if (!add_plane(&pos, nk, &L.codes_off, &L.codes_bytes) ||
-            !add_plane(&pos, (size_t)n * 4, &L.scales_off, &L.scales_bytes))
+        if (!add_plane(&pos, nk, &L.codes_off, &L.codes_bytes, &end) ||
+            !add_plane(&pos, (size_t)n * 4, &L.scales_off, &L.scales_bytes, &end))
             goto overflow;
         break;
     case VLM_QF_W3G128:
     case VLM_QF_W4G128:
         elem = f == VLM_QF_W3G128 ? VLM_W3_BLOCK_BYTES : VLM_W4_BLOCK_BYTES;
-        if (!vlm_size_mul(ng, elem, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes) ||
-            !add_plane(&pos, ng * 2, &L.scales_off, &L.scales_bytes) ||
-            !add_plane(&pos, ng, &L.zeros_off, &L.zeros_bytes))
+        if (!vlm_size_mul(ng, elem, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes, &end) ||
+            !add_plane(&pos, ng * 2, &L.scales_off, &L.scales_bytes, &end) ||
+            !add_plane(&pos, ng, &L.zeros_off, &L.zeros_bytes, &end))
             goto overflow;
         break;
     case VLM_QF_W4A8:
-        if (!vlm_size_mul(ng, VLM_W4_BLOCK_BYTES, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes) ||
-            !add_plane(&pos, (size_t)n * 4, &L.scales_off, &L.scales_bytes))
+        if (!vlm_size_mul(ng, VLM_W4_BLOCK_BYTES, &elem) || !add_plane(&pos, elem, &L.codes_off, &L.codes_bytes, &end) ||
+            !add_plane(&pos, (size_t)n * 4, &L.scales_off, &L.scales_bytes, &end))
             goto overflow;
         break;
     default: VLM_ASSERT(!"unreachable");
     }
-    L.total_bytes = pos;
+    L.total_bytes = end; /* the last plane's end: no tail padding, so a plain f16 matrix is exactly n*k*2 bytes */
     *out = L;
     return true;
 overflow:
@@ -420,9 +418,9 @@ void cpu_qlinear_ref(float *y, const float *x, const struct vlm_qmat *w, const f
         vlm_dequantize_row_ref(w, o, wr);
         for (int64_t t = 0; t < M; t++) {
             const float *xt = x + t * k;
-            double acc = 0.0;
+            double acc = b ? (double)b[o] : 0.0; /* as cpu_linear_ref: same order, so f32 results are identical */
             for (int64_t i = 0; i < k; i++) acc += (double)xt[i] * (double)wr[i];
-            y[t * n + o] = (float)acc + (b ? b[o] : 0.0f);
+            y[t * n + o] = (float)acc;
         }
     }
     free(wr);

@@ -1,0 +1,36 @@
+/* conv.h — the converter's library side (vlmconvert's CLI is converter/convert.c): an HF LLaVA-OneVision
+ * checkpoint into one .mbq file. This issue's methods: f32 and f16 (no quantization: a deployable single file;
+ * f32 reproduces the checkpoint's float32 run bit for bit) and rtn (round-to-nearest, mbq.md §2) for the decoder
+ * linears at W3 g128, W4 g128 or W4A8. The calibrated methods (AWQ, SmoothQuant, MBQ) come with the converter
+ * issue and plug in before the final quantization. */
+#ifndef VLM_CONV_H
+#define VLM_CONV_H
+
+#include <stdbool.h>
+
+#include "kernels/quant.h"
+#include "vlm.h"
+
+enum conv_method { CONV_F32, CONV_F16, CONV_RTN };
+
+struct conv_options {
+    const char *model_dir;      /* HF checkpoint directory */
+    const char *out_path;       /* the .mbq to write (atomically) */
+    enum conv_method method;
+    int wbits;                  /* 3 or 4 (rtn) */
+    int abits;                  /* 16, or 8 for W4A8 (rtn, wbits 4) */
+    int group;                  /* 128 (the only group size the formats define) */
+    enum vlm_qformat float_fmt; /* vision tower, projector, image_newline: f32, f16 or bf16 */
+    enum vlm_qformat embed_fmt; /* f32, f16, bf16 or q8r */
+    enum vlm_qformat head_fmt;  /* f32, f16, bf16 or q8r; != embed_fmt writes a separate head even when tied */
+    bool quiet;
+};
+
+/* The weight format of the decoder linears under o (f32/f16/bf16 for the float methods). */
+enum vlm_qformat conv_linear_format(const struct conv_options *o);
+
+/* Loads o->model_dir, writes o->out_path. Every failure logs one line naming the file and the problem and leaves
+ * no file at out_path (and an existing one untouched). */
+enum vlm_status conv_run(const struct conv_options *o);
+
+#endif

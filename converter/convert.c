@@ -1,0 +1,145 @@
+/* convert.c — the vlmconvert CLI: vlmconvert --model HF_DIR --out model.mbq [options].
+ * Exit status: 0 written, 1 failed (one line on stderr, no output file), 2 usage error. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "converter/conv.h"
+#include "runtime/util.h"
+
+static void usage(FILE *f) {
+    fputs("usage: vlmconvert --model HF_DIR --out FILE.mbq [options]\n"
+          "Converts a Hugging Face LLaVA-OneVision checkpoint into one .mbq file that vlmrun runs: config,\n"
+          "preprocessor settings, tokenizer and every tensor in one file, the decoder's linear layers quantized.\n"
+          "  --model DIR      the checkpoint directory (config.json, preprocessor_config.json, *.safetensors,\n"
+          "                   tokenizer.json or tokenizer.model)\n"
+          "  --out FILE       the .mbq to write; written to a temporary file and renamed, so a failed run never\n"
+          "                   leaves a partial file (an existing FILE is replaced only on success)\n"
+          "  --method M       f32: no quantization, float32 everywhere (bit-exact with the checkpoint's float32 run)\n"
+          "                   fp16: no quantization, 16-bit floats (see --dtype)\n"
+          "                   rtn: round-to-nearest quantization of the decoder linears (q, k, v, o, gate, up,\n"
+          "                   down), no calibration (default)\n"
+          "  --wbits B        3 or 4: weight bits of rtn (default 4); asymmetric, one fp16 scale and integer zero\n"
+          "                   per group of --group input columns\n"
+          "  --abits A        16 (default) or 8: with 8, W4A8 — 4-bit symmetric per-output-channel weights and 8-bit\n"
+          "                   per-token activations computed at run time (needs --wbits 4)\n"
+          "  --group G        quantization group size along the input dimension; 128 (the only one defined)\n"
+          "  --dtype T        auto (default: bf16 for a BF16 checkpoint, else f16), f16, bf16 or f32: storage of\n"
+          "                   the vision tower, projector and (for --method fp16) the decoder linears\n"
+          "  --embed T        embedding table: f16 (default; follows --dtype), bf16, f32 or q8r (int8 per row)\n"
+          "  --head T         lm_head: same choices (default: as --embed); a head format other than the\n"
+          "                   embedding's stores a separate head even for a tied model. q8r halves the head's\n"
+          "                   bytes per decoded token (an extension beyond MBQ; report it separately)\n"
+          "  --quiet          no progress or summary on stderr\n"
+          "  -h, --help       show this help\n",
+          f);
+}
+
+static int parse_fmt(const char *s, enum vlm_qformat *out) {
+    if (strcmp(s, "f16") == 0 || strcmp(s, "fp16") == 0) *out = VLM_QF_F16;
+    else if (strcmp(s, "bf16") == 0) *out = VLM_QF_BF16;
+    else if (strcmp(s, "f32") == 0 || strcmp(s, "fp32") == 0) *out = VLM_QF_F32;
+    else if (strcmp(s, "q8r") == 0 || strcmp(s, "int8") == 0) *out = VLM_QF_Q8R;
+    else return -1;
+    return 0;
+}
+
+/* "auto" storage: the checkpoint's 16-bit type when it has one, so no value changes range. */
+static enum vlm_qformat auto_dtype(const char *dir) {
+    char path[4096];
+    char *buf = NULL;
+    size_t len;
+    enum vlm_qformat f = VLM_QF_F16;
+    if (!vlm_path_join(path, sizeof path, dir, "config.json")) return f;
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return f;
+    fclose(fp);
+    if (vlm_file_read_all(path, 16u << 20, &buf, &len) != VLM_OK) return f;
+    /* the dtype key ("torch_dtype" before transformers 5, "dtype" after) as it appears in the file */
+    if (strstr(buf, "\"bfloat16\"")) f = VLM_QF_BF16;
+    free(buf);
+    return f;
+}
+
+int main(int argc, char **argv) {
+    vlm_log_set_prog("vlmconvert");
+    struct conv_options o = {.method = CONV_RTN, .wbits = 4, .abits = 16, .group = 128};
+    const char *dtype = "auto", *embed = NULL, *head = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool has_val = i + 1 < argc;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--quiet") == 0) {
+            o.quiet = true;
+        } else if (has_val && strcmp(a, "--model") == 0) {
+            o.model_dir = argv[++i];
+        } else if (has_val && strcmp(a, "--out") == 0) {
+            o.out_path = argv[++i];
+        } else if (has_val && strcmp(a, "--method") == 0) {
+            const char *m = argv[++i];
+            if (strcmp(m, "f32") == 0) o.method = CONV_F32;
+            else if (strcmp(m, "fp16") == 0 || strcmp(m, "f16") == 0) o.method = CONV_F16;
+            else if (strcmp(m, "rtn") == 0) o.method = CONV_RTN;
+            else {
+                fprintf(stderr, "vlmconvert: --method %s: expected f32, fp16 or rtn (awq, smoothquant and mbq come "
+                                "with the calibration issue)\n", m);
+                return 2;
+            }
+        } else if (has_val && (strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 ||
+                               strcmp(a, "--group") == 0)) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || end == argv[i]) {
+                fprintf(stderr, "vlmconvert: %s %s: not a number\n", a, argv[i]);
+                return 2;
+            }
+            if (strcmp(a, "--wbits") == 0) o.wbits = (int)v;
+            else if (strcmp(a, "--abits") == 0) o.abits = (int)v;
+            else o.group = (int)v;
+        } else if (has_val && strcmp(a, "--dtype") == 0) {
+            dtype = argv[++i];
+        } else if (has_val && strcmp(a, "--embed") == 0) {
+            embed = argv[++i];
+        } else if (has_val && strcmp(a, "--head") == 0) {
+            head = argv[++i];
+        } else {
+            fprintf(stderr, "vlmconvert: unknown or incomplete option '%s' (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (!o.model_dir || !o.out_path) {
+        usage(stderr);
+        return 2;
+    }
+    if (o.wbits != 3 && o.wbits != 4) {
+        fprintf(stderr, "vlmconvert: --wbits %d: expected 3 or 4\n", o.wbits);
+        return 2;
+    }
+    if (o.abits != 16 && o.abits != 8) {
+        fprintf(stderr, "vlmconvert: --abits %d: expected 16 or 8\n", o.abits);
+        return 2;
+    }
+    if (o.abits == 8 && o.wbits != 4) {
+        fprintf(stderr, "vlmconvert: --abits 8 is W4A8: it needs --wbits 4\n");
+        return 2;
+    }
+    if (strcmp(dtype, "auto") == 0) o.float_fmt = auto_dtype(o.model_dir);
+    else if (parse_fmt(dtype, &o.float_fmt) != 0 || o.float_fmt == VLM_QF_Q8R) {
+        fprintf(stderr, "vlmconvert: --dtype %s: expected auto, f16, bf16 or f32\n", dtype);
+        return 2;
+    }
+    if (o.method == CONV_F32) o.float_fmt = VLM_QF_F32;
+    o.embed_fmt = o.float_fmt;
+    if (embed && parse_fmt(embed, &o.embed_fmt) != 0) {
+        fprintf(stderr, "vlmconvert: --embed %s: expected f16, bf16, f32 or q8r\n", embed);
+        return 2;
+    }
+    o.head_fmt = o.embed_fmt;
+    if (head && parse_fmt(head, &o.head_fmt) != 0) {
+        fprintf(stderr, "vlmconvert: --head %s: expected f16, bf16, f32 or q8r\n", head);
+        return 2;
+    }
+    return conv_run(&o) == VLM_OK ? 0 : 1;
+}
