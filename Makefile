@@ -141,7 +141,7 @@ build-fuzz/%: tests/fuzz/%.c $(FUZZ_OBJ) $(wildcard tests/fuzz/*.h)
 
 BENCH_SRC := $(sort $(wildcard tools/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tools/%.c=$(BUILD)/tools/%)
-$(BUILD)/tools/%: tools/%.c $(BUILD)/libvlm.a
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libvlm.a $(wildcard tools/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) -DVLM_SRC_DIR='"$(CURDIR)"' -o $@ $< $(BUILD)/libvlm.a $(LDLIBS)

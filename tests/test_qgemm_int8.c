@@ -160,6 +160,53 @@ TEST(int8_rows_awkward_shapes) {
     for (int fi = 0; fi < 3; fi++) check_shape(k_fmts[fi], 100, 2048, 9, false); /* G = 16: one full chunk */
 }
 
+/* The AVX-512 panel GEMM (M > 12 for W3/W4, M > 4 for W4A8; smaller M take the GEMV tiles): token counts around
+ * the switch and the register tile (4 tokens), several k-blocks (8 groups) with a partial last one, partial row
+ * panels (32 rows) on both sides of the two-thread split, and more tokens than one pass (768). */
+TEST(int8_gemm_prefill_shapes) {
+    static const int64_t Ms[] = {5, 6, 7, 8, 9, 12, 13, 14, 15, 64, 100};
+    int combo = 0;
+    for (int fi = 0; fi < 3; fi++) {
+        for (size_t mi = 0; mi < sizeof Ms / sizeof Ms[0]; mi++) {
+            check_shape(k_fmts[fi], 100, 1152, Ms[mi], (combo++ & 1) != 0); /* G = 9: k-blocks of 8 + 1 */
+            check_shape(k_fmts[fi], 17, 256, Ms[mi], (combo++ & 1) != 0);
+        }
+        check_shape(k_fmts[fi], 48, 2176, 21, true); /* G = 17: 8 + 8 + 1 */
+        check_shape(k_fmts[fi], 33, 256, 800, false); /* two token passes */
+    }
+}
+
+/* Image-prompt size: M = 729 tokens × 896 × 896, every ISA level against the scalar level (the reference statements
+ * are checked against the scalar level on the smaller shapes above; here they would only repeat the scalar work). */
+TEST(int8_gemm_m729) {
+    const int64_t n = 896, k = 896, M = 729;
+    float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4), *b = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal() * 0.05f;
+    for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
+    for (int64_t i = 0; i < n; i++) b[i] = rnd_normal();
+    size_t ny = (size_t)(M * n + 16);
+    float *ys = malloc(ny * 4), *yv = malloc(ny * 4);
+    enum cpu_isa isas[3];
+    int ni = isa_levels(isas);
+    for (int fi = 0; fi < 3; fi++) {
+        struct qm q = make_mat(k_fmts[fi], n, k, w);
+        run_int8(CPU_ISA_SCALAR, ys, x, &q.m, b, M);
+        for (int i = 1; i < ni; i++) {
+            run_int8(isas[i], yv, x, &q.m, b, M);
+            if (k_fmts[fi] == VLM_QF_W4A8) {
+                if (memcmp(yv, ys, (size_t)(M * n) * 4) != 0)
+                    FAIL("w4a8 %s M=729: not bit-identical to scalar", isa_str(isas[i]));
+            } else {
+                double e = nmse(yv, ys, M * n);
+                if (!(e <= 1e-10))
+                    FAIL("%s %s M=729: NMSE vs scalar %.3g > 1e-10", vlm_qformat_name(k_fmts[fi]), isa_str(isas[i]), e);
+            }
+        }
+        free(q.blob);
+    }
+    free(ys), free(yv), free(w), free(x), free(b);
+}
+
 /* The A8 arithmetic against the exact reference (weights dequantized, dot products in double). Measured on this
  * data (normal x, normal weights, n 64, k 896 / 4864, M 3), gcc 12, Zen 4: NMSE W3G128 3.6e-5 .. 4.2e-5, W4G128
  * 4.3e-5 .. 5.0e-5 — the int8 activation rounding (step d = max|x|/127 per group); the tolerance is 5e-4. */

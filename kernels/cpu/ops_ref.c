@@ -2,50 +2,83 @@
  *
  * Plain loops, no intrinsics: this file is what every fast and CUDA kernel is checked against. Reductions
  * (dot products, means, softmax sums) accumulate in double so that the reference is at least as accurate as
- * PyTorch's float32 blocked sums; results are rounded to float once. Rows are independent, so OpenMP over rows
+ * PyTorch's float32 blocked sums; results are rounded to float once. Rows are independent, so splitting rows over
+ * the thread pool (vlm_pool_for; one threading system for the whole runtime, so no two spin against each other)
  * changes no result. */
 #include <math.h>
+#include <stddef.h>
 
+#include "kernels/cpu/pool.h"
 #include "kernels/ops.h"
 
-void cpu_linear_ref(float *y, const float *x, const float *w, const float *b, int64_t M, int64_t N, int64_t K) {
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t i = 0; i < M; i++) {
-        for (int64_t j = 0; j < N; j++) {
-            const float *xr = x + i * K, *wr = w + j * K;
-            double acc = b ? (double)b[j] : 0.0;
-            for (int64_t k = 0; k < K; k++) acc += (double)xr[k] * (double)wr[k];
-            y[i * N + j] = (float)acc;
-        }
+struct linear_job {
+    float *y;
+    const float *x, *w, *b;
+    int64_t N, K;
+};
+
+/* outputs [begin, end) of the flattened (M, N) result */
+static void linear_range(void *ctx, int64_t begin, int64_t end) {
+    const struct linear_job *j = ctx;
+    for (int64_t o = begin; o < end; o++) {
+        const int64_t i = o / j->N, n = o % j->N;
+        const float *xr = j->x + i * j->K, *wr = j->w + n * j->K;
+        double acc = j->b ? (double)j->b[n] : 0.0;
+        for (int64_t k = 0; k < j->K; k++) acc += (double)xr[k] * (double)wr[k];
+        j->y[o] = (float)acc;
     }
 }
 
-void cpu_layernorm_ref(float *y, const float *x, const float *g, const float *b, int64_t M, int64_t n, float eps) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M; i++) {
-        const float *xr = x + i * n;
-        float *yr = y + i * n;
+void cpu_linear_ref(float *y, const float *x, const float *w, const float *b, int64_t M, int64_t N, int64_t K) {
+    struct linear_job j = {y, x, w, b, N, K};
+    vlm_pool_for(vlm_pool_default(), M * N, 1 + 16384 / (K > 0 ? K : 1), linear_range, &j);
+}
+
+struct norm_job {
+    float *y;
+    const float *x, *g, *b;
+    int64_t n;
+    float eps;
+};
+
+static void layernorm_range(void *ctx, int64_t begin, int64_t end) {
+    const struct norm_job *j = ctx;
+    const int64_t n = j->n;
+    for (int64_t i = begin; i < end; i++) {
+        const float *xr = j->x + i * n;
+        float *yr = j->y + i * n;
         double mean = 0, var = 0;
         for (int64_t k = 0; k < n; k++) mean += xr[k];
         mean /= (double)n;
         for (int64_t k = 0; k < n; k++) var += ((double)xr[k] - mean) * ((double)xr[k] - mean);
         var /= (double)n; /* biased, as torch.nn.LayerNorm */
-        double inv = 1.0 / sqrt(var + (double)eps);
-        for (int64_t k = 0; k < n; k++) yr[k] = (float)(((double)xr[k] - mean) * inv * g[k] + b[k]);
+        double inv = 1.0 / sqrt(var + (double)j->eps);
+        for (int64_t k = 0; k < n; k++) yr[k] = (float)(((double)xr[k] - mean) * inv * j->g[k] + j->b[k]);
+    }
+}
+
+void cpu_layernorm_ref(float *y, const float *x, const float *g, const float *b, int64_t M, int64_t n, float eps) {
+    struct norm_job j = {y, x, g, b, n, eps};
+    vlm_pool_for(vlm_pool_default(), M, 1 + 16384 / (n > 0 ? n : 1), layernorm_range, &j);
+}
+
+static void rmsnorm_range(void *ctx, int64_t begin, int64_t end) {
+    const struct norm_job *j = ctx;
+    const int64_t n = j->n;
+    for (int64_t i = begin; i < end; i++) {
+        const float *xr = j->x + i * n;
+        float *yr = j->y + i * n;
+        double ss = 0;
+        for (int64_t k = 0; k < n; k++) ss += (double)xr[k] * xr[k];
+        /* HF: r = (float)(x * rsqrt(mean + eps)), then weight * r (the weight multiply after the cast). */
+        double inv = 1.0 / sqrt(ss / (double)n + (double)j->eps);
+        for (int64_t k = 0; k < n; k++) yr[k] = j->g[k] * (float)(xr[k] * inv);
     }
 }
 
 void cpu_rmsnorm_ref(float *y, const float *x, const float *g, int64_t M, int64_t n, float eps) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M; i++) {
-        const float *xr = x + i * n;
-        float *yr = y + i * n;
-        double ss = 0;
-        for (int64_t k = 0; k < n; k++) ss += (double)xr[k] * xr[k];
-        /* HF: r = (float)(x * rsqrt(mean + eps)), then weight * r (the weight multiply after the cast). */
-        double inv = 1.0 / sqrt(ss / (double)n + (double)eps);
-        for (int64_t k = 0; k < n; k++) yr[k] = g[k] * (float)(xr[k] * inv);
-    }
+    struct norm_job j = {y, x, g, NULL, n, eps};
+    vlm_pool_for(vlm_pool_default(), M, 1 + 16384 / (n > 0 ? n : 1), rmsnorm_range, &j);
 }
 
 void cpu_gelu_tanh_ref(float *x, int64_t n) {

@@ -215,3 +215,25 @@ struct vlm_pool *vlm_pool_default(void) {
     pthread_once(&g_default_once, default_init);
     return g_default;
 }
+
+struct range_job {
+    vlm_range_fn fn;
+    void *ctx;
+    int64_t n;
+};
+
+static void range_thread(void *ctx, int t, int nt) {
+    const struct range_job *j = ctx;
+    int64_t b = j->n * t / nt, e = j->n * (t + 1) / nt; /* n <= 2^62 in practice: callers pass element counts */
+    if (b < e) j->fn(j->ctx, b, e);
+}
+
+void vlm_pool_for(struct vlm_pool *p, int64_t n, int64_t grain, vlm_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (!p || p->n == 1 || n < 2 * (grain > 0 ? grain : 1)) {
+        fn(ctx, 0, n);
+        return;
+    }
+    struct range_job j = {fn, ctx, n};
+    vlm_pool_run(p, range_thread, &j);
+}

@@ -32,6 +32,9 @@
  * −z·Σa in lane 0, convert it once and FMA it with s·d into an f32 accumulator; the s·d and −z·Σa terms are computed
  * 16 groups at a time into small stack tables. Rows are taken in panels of 64 so that for prefill (large M) a panel's
  * codes stay in L2 while token tiles stream by. Code blocks are prefetched a few groups ahead.
+ * AVX-512 prefill (M > 12 for W3/W4, M > 4 for W4A8) uses a GEMM instead (gemm_512): 32-row panels unpacked once per
+ * call into a thread-local buffer in the VNNI operand layout, 4-token × 32-row register tiles; W3/W4 there perform
+ * exactly the scalar level's f32 operations, so that path is bit-identical to it.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -40,6 +43,7 @@
 #include <immintrin.h>
 
 #include "kernels/cpu/qgemm_internal.h"
+#include "kernels/cpu/qgemv_int8.h"
 #include "runtime/util.h"
 
 #define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -519,6 +523,250 @@ TGT_AVX512 static void tile_512(const struct rows_args *A, enum vlm_qformat f, i
 #undef T512_CASE
 }
 
+/* ---- AVX-512 GEMM (M > 4: prefill, vision tokens). The output rows are taken in panels of GP_ROWS = 32; for each
+ * k-block of up to GP_KBG groups the panel's codes are unpacked ONCE into a thread-local buffer in the VNNI operand
+ * layout "for each k4 (4 consecutive columns): 32 rows × 4 bytes" (two 64-byte vectors: rows 0..15, 16..31), then
+ * every token of the call streams past it: per k4, two vector loads, one broadcast dword of activations per token
+ * and two vpdpbusd per token into a register tile of GT tokens × 32 rows. The unpack + transpose (~6 instructions
+ * per 64 codes) is paid once per weight per call, the MACs once per weight × token.
+ * W3/W4: per group the int32 accumulators start at −z·Σa (exact) and are then added, as (s·d)·(float)(acc), to f32
+ * accumulators in group order starting from 0 — the same f32 operations in the same order as the scalar level, so
+ * this path is bit-identical to it. W4A8: int32 accumulation over all of k, y = (s_t·s_row)·(float)(acc − 8·Σa) + b,
+ * bit-identical too. Between k-blocks the partial sums (f32, or the int32 bit patterns for W4A8) are parked in y —
+ * only rows [r0, r1) are ever written (masked stores). */
+enum {
+    GP_ROWS = 32,     /* rows per panel: two 16-lane vectors */
+    GP_KBG = 8,       /* groups per k-block: 32 rows × 1024 columns = 32 KB of unpacked codes (L1) */
+    GT = 4,           /* tokens per register tile: 8 int32 + 8 f32 accumulators */
+    GP_TOK = 768,     /* tokens per pass over the rows: their activations stay in cache across panels */
+};
+
+static _Thread_local _Alignas(64) uint8_t g_panel[GP_KBG * VLM_QGROUP * GP_ROWS]; /* unpacked codes of one k-block */
+
+struct gpanel {
+    const uint8_t *B;    /* g_panel: (ng, 32 k4, 32 rows, 4) u8 codes */
+    const float *s;      /* W3/W4: (ng, 32 rows) f32 group scales (0 for rows past the panel) */
+    const int32_t *nz;   /* W3/W4: (ng, 32 rows) −z */
+    int64_t p, g0;       /* first row, first group */
+    int ng;
+    bool first, last;    /* the k-block is the first / last of k */
+    __mmask16 m[2];      /* valid rows of the two halves */
+};
+
+/* 16 × 16 dword transpose: r[i] dword j → o[j] dword i. */
+INLINE TGT_AVX512 void transpose16_512(__m512i r[16]) {
+    __m512i b[4][4];
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; q++) {
+        __m512i a0 = _mm512_unpacklo_epi32(r[4 * q], r[4 * q + 1]), a1 = _mm512_unpackhi_epi32(r[4 * q], r[4 * q + 1]);
+        __m512i a2 = _mm512_unpacklo_epi32(r[4 * q + 2], r[4 * q + 3]);
+        __m512i a3 = _mm512_unpackhi_epi32(r[4 * q + 2], r[4 * q + 3]);
+        b[q][0] = _mm512_unpacklo_epi64(a0, a2); /* lane L: rows 4q..4q+3 of dword 4L + m */
+        b[q][1] = _mm512_unpackhi_epi64(a0, a2);
+        b[q][2] = _mm512_unpacklo_epi64(a1, a3);
+        b[q][3] = _mm512_unpackhi_epi64(a1, a3);
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        __m512i x01 = _mm512_shuffle_i32x4(b[0][m], b[1][m], 0x88), y01 = _mm512_shuffle_i32x4(b[0][m], b[1][m], 0xdd);
+        __m512i x23 = _mm512_shuffle_i32x4(b[2][m], b[3][m], 0x88), y23 = _mm512_shuffle_i32x4(b[2][m], b[3][m], 0xdd);
+        r[m] = _mm512_shuffle_i32x4(x01, x23, 0x88);
+        r[8 + m] = _mm512_shuffle_i32x4(x01, x23, 0xdd);
+        r[4 + m] = _mm512_shuffle_i32x4(y01, y23, 0x88);
+        r[12 + m] = _mm512_shuffle_i32x4(y01, y23, 0xdd);
+    }
+}
+
+/* W3 block → the true codes of columns 0..63 (c0) and 64..127 (c1). */
+INLINE TGT_AVX512 void unpack_w3_true_512(const uint8_t *blk, __m512i *c0, __m512i *c1) {
+    const __m512i three = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+    __m512i lo = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
+    uint64_t h0, h1;
+    memcpy(&h0, blk + 32, 8);
+    memcpy(&h1, blk + 40, 8);
+    __m512i s0 = _mm512_srlv_epi64(lo, _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0));
+    __m512i s1 = _mm512_srlv_epi64(lo, _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4));
+    /* (A & B) | C with A = the shifted lo plane, B = 3, C = the third bits as 4 */
+    *c0 = _mm512_ternarylogic_epi32(s0, three, _mm512_maskz_mov_epi8(_cvtu64_mask64(h0), four), 0xEA);
+    *c1 = _mm512_ternarylogic_epi32(s1, three, _mm512_maskz_mov_epi8(_cvtu64_mask64(h1), four), 0xEA);
+}
+
+/* Unpacks groups [g0, g0+ng) of rows [p, p+nrows) into g_panel (rows past nrows: code 0, s 0, z 0). */
+TGT_AVX512 static void gemm_pack_512(const struct rows_args *A, enum vlm_qformat f, int64_t p, int nrows, int64_t g0,
+                                     int ng, float *s, int32_t *nz) {
+    for (int gl = 0; gl < ng; gl++) {
+        const int64_t g = g0 + gl;
+        for (int h = 0; h < 2 && f != VLM_QF_W3G128; h++) {
+            /* W4: transpose the packed blocks (one dword = the low nibbles of k4 j and the high nibbles of k4 16 + j),
+             * then split the nibbles: half the shuffles of transposing unpacked codes */
+            __m512i r[16];
+            const __m512i m15 = _mm512_set1_epi8(15);
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const int row = 16 * h + i;
+                r[i] = row < nrows ? _mm512_loadu_si512(A->codes + ((size_t)((p + row) * A->G + g)) * A->bb)
+                                   : _mm512_setzero_si512();
+            }
+            transpose16_512(r);
+            uint8_t *dst = g_panel + ((size_t)(gl * 32) * GP_ROWS + 16 * h) * 4;
+#pragma GCC unroll 16
+            for (int j = 0; j < 16; j++) {
+                _mm512_store_si512(dst + (size_t)j * GP_ROWS * 4, _mm512_and_si512(r[j], m15));
+                _mm512_store_si512(dst + (size_t)(16 + j) * GP_ROWS * 4, _mm512_and_si512(_mm512_srli_epi16(r[j], 4), m15));
+            }
+        }
+        for (int h = 0; h < 2 && f == VLM_QF_W3G128; h++) {
+            __m512i r[2][16];
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+                const int row = 16 * h + i;
+                if (row < nrows) {
+                    unpack_w3_true_512(A->codes + ((size_t)((p + row) * A->G + g)) * A->bb, &r[0][i], &r[1][i]);
+                } else {
+                    r[0][i] = r[1][i] = _mm512_setzero_si512();
+                }
+            }
+            for (int c = 0; c < 2; c++) {
+                transpose16_512(r[c]);
+                uint8_t *dst = g_panel + ((size_t)(gl * 32 + 16 * c) * GP_ROWS + 16 * h) * 4;
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) _mm512_store_si512(dst + (size_t)j * GP_ROWS * 4, r[c][j]);
+            }
+        }
+        if (f != VLM_QF_W4A8) {
+            _Alignas(64) uint16_t s16[GP_ROWS];
+            for (int i = 0; i < GP_ROWS; i++) {
+                const size_t gi = (size_t)((p + i) * A->G + g);
+                s16[i] = i < nrows ? A->scales[gi] : 0;
+                nz[gl * GP_ROWS + i] = i < nrows ? -(int32_t)A->zeros[gi] : 0;
+            }
+            _mm512_store_ps(s + gl * GP_ROWS, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)s16)));
+            _mm512_store_ps(s + gl * GP_ROWS + 16, _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(s16 + 16))));
+        }
+    }
+}
+
+INLINE int32_t ld_i32(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* Tokens [t0, t0+T) × the 32 rows of panel P over its k-block. W4A8 = 0: W3/W4 (f32 accumulation per group). */
+INLINE TGT_AVX512 void gemm_tile_512(const struct rows_args *A, const struct gpanel *P, const int W4A8, int64_t t0,
+                                     const int T) {
+    __m512 accf[GT][2];
+    __m512i acci[GT][2];
+    const int8_t *act[GT];
+    float *yt[GT];
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++) {
+        act[t] = A->a + (t0 + t) * A->k + P->g0 * VLM_QGROUP;
+        yt[t] = A->y + (t0 + t) * A->n + P->p;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            if (W4A8) acci[t][h] = P->first ? _mm512_setzero_si512() : _mm512_maskz_loadu_epi32(P->m[h], yt[t] + 16 * h);
+            else accf[t][h] = P->first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(P->m[h], yt[t] + 16 * h);
+        }
+    }
+    for (int gl = 0; gl < P->ng; gl++) {
+        const int64_t g = P->g0 + gl;
+        if (!W4A8) {
+            const __m512i nz0 = _mm512_load_si512(P->nz + gl * GP_ROWS), nz1 = _mm512_load_si512(P->nz + gl * GP_ROWS + 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m512i sa = _mm512_set1_epi32(A->asum[(t0 + t) * A->Gp + g]);
+                acci[t][0] = _mm512_mullo_epi32(nz0, sa); /* −z·Σa, exact */
+                acci[t][1] = _mm512_mullo_epi32(nz1, sa);
+            }
+        }
+        const uint8_t *B = P->B + (size_t)gl * 32 * GP_ROWS * 4;
+#pragma GCC unroll 2
+        for (int kk = 0; kk < 32; kk++) {
+            const __m512i b0 = _mm512_load_si512(B + kk * GP_ROWS * 4), b1 = _mm512_load_si512(B + kk * GP_ROWS * 4 + 64);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m512i a = _mm512_set1_epi32(ld_i32(act[t] + gl * VLM_QGROUP + 4 * kk));
+                acci[t][0] = _mm512_dpbusd_epi32(acci[t][0], b0, a);
+                acci[t][1] = _mm512_dpbusd_epi32(acci[t][1], b1, a);
+            }
+        }
+        if (!W4A8) {
+            const __m512 s0 = _mm512_load_ps(P->s + gl * GP_ROWS), s1 = _mm512_load_ps(P->s + gl * GP_ROWS + 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) {
+                const __m512 d = _mm512_set1_ps(A->d[(t0 + t) * A->Gp + g]);
+                /* acc += (s·d)·(float)Σ — the scalar level's operations, no FMA */
+                accf[t][0] = _mm512_add_ps(accf[t][0], _mm512_mul_ps(_mm512_mul_ps(s0, d), _mm512_cvtepi32_ps(acci[t][0])));
+                accf[t][1] = _mm512_add_ps(accf[t][1], _mm512_mul_ps(_mm512_mul_ps(s1, d), _mm512_cvtepi32_ps(acci[t][1])));
+            }
+        }
+    }
+    __m512 bias[2], rs[2];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        bias[h] = A->b && P->last ? _mm512_maskz_loadu_ps(P->m[h], A->b + P->p + 16 * h) : _mm512_setzero_ps();
+        rs[h] = W4A8 && P->last ? _mm512_maskz_loadu_ps(P->m[h], A->rscale + P->p + 16 * h) : _mm512_setzero_ps();
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < T; t++)
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            if (W4A8 && !P->last) {
+                _mm512_mask_storeu_epi32(yt[t] + 16 * h, P->m[h], acci[t][h]); /* int32 partial sums parked in y */
+            } else if (W4A8) {
+                const __m512i v = _mm512_sub_epi32(acci[t][h], _mm512_set1_epi32(8 * A->asum[t0 + t]));
+                const __m512 sc = _mm512_mul_ps(_mm512_set1_ps(A->d[t0 + t]), rs[h]);
+                _mm512_mask_storeu_ps(yt[t] + 16 * h, P->m[h],
+                                      _mm512_add_ps(_mm512_mul_ps(sc, _mm512_cvtepi32_ps(v)), bias[h]));
+            } else {
+                _mm512_mask_storeu_ps(yt[t] + 16 * h, P->m[h], P->last ? _mm512_add_ps(accf[t][h], bias[h]) : accf[t][h]);
+            }
+        }
+}
+
+TGT_AVX512 static void gemm_tiles_512(const struct rows_args *A, const struct gpanel *P, bool w4a8, int64_t t0,
+                                      int64_t t1) {
+    if (w4a8)
+        for (; t0 + GT <= t1; t0 += GT) gemm_tile_512(A, P, 1, t0, GT);
+    else
+        for (; t0 + GT <= t1; t0 += GT) gemm_tile_512(A, P, 0, t0, GT);
+    const int T = (int)(t1 - t0);
+#define GT_CASE(TT)                                                                                           \
+    case TT:                                                                                                  \
+        if (w4a8) gemm_tile_512(A, P, 1, t0, TT);                                                             \
+        else gemm_tile_512(A, P, 0, t0, TT);                                                                  \
+        break;
+    switch (T) {
+    case 0: break;
+        GT_CASE(1) GT_CASE(2) GT_CASE(3)
+    default: VLM_ASSERT(!"bad tail");
+    }
+#undef GT_CASE
+}
+
+TGT_AVX512 static void gemm_512(const struct rows_args *A, enum vlm_qformat f, int64_t r0, int64_t r1) {
+    _Alignas(64) float s[GP_KBG * GP_ROWS];
+    _Alignas(64) int32_t nz[GP_KBG * GP_ROWS];
+    for (int64_t t0 = 0; t0 < A->M; t0 += GP_TOK) {
+    const int64_t t1 = A->M - t0 < GP_TOK ? A->M : t0 + GP_TOK;
+    for (int64_t p = r0; p < r1; p += GP_ROWS) {
+        const int nrows = r1 - p < GP_ROWS ? (int)(r1 - p) : GP_ROWS;
+        struct gpanel P = {.B = g_panel, .s = s, .nz = nz, .p = p};
+        P.m[0] = nrows >= 16 ? 0xffff : (__mmask16)((1u << nrows) - 1);
+        P.m[1] = nrows >= 32 ? 0xffff : nrows > 16 ? (__mmask16)((1u << (nrows - 16)) - 1) : 0;
+        for (int64_t g0 = 0; g0 < A->G; g0 += GP_KBG) {
+            P.g0 = g0;
+            P.ng = A->G - g0 < GP_KBG ? (int)(A->G - g0) : GP_KBG;
+            P.first = g0 == 0;
+            P.last = g0 + P.ng == A->G;
+            gemm_pack_512(A, f, p, nrows, g0, P.ng, s, nz);
+            gemm_tiles_512(A, &P, f == VLM_QF_W4A8, t0, t1);
+        }
+    }
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------------------------
  * AVX2 (+FMA, F16C): vpmaddubsw u8×s8 → s16 pairs, four blocks of 32 summed in s16, vpmaddwd → s32. No overflow or
  * saturation: |pair| <= 2·15·128 = 3840, four of them 15360 < 32767. 16 ymm registers: tiles are at most 2 × 2.
@@ -696,6 +944,20 @@ void cpu_int8_rows(enum cpu_isa isa, float *y, const void *scratch, const struct
     /* One token tile (decode): rows one at a time, so the codes are read as ONE sequential stream — measured on Zen 4,
      * four interleaved row streams (rows of 1.3-7 KB) ran at 7-10 GB/s against 17-27 GB/s for one. Several token
      * tiles (prefill): R rows share each activation load, and the panel's codes come from L2 after the first tile. */
+    /* Prefill: the panel GEMM above. Its per-call unpack + transpose of the codes only pays off over enough tokens;
+     * measured on Zen 4 (3584 × 3584) the crossover against the tiles below is M ≈ 12 for W3/W4 (whose tiles unpack a
+     * block once per 4 tokens) and M < 5 for W4A8. */
+    if (isa == CPU_ISA_AVX512 && (f == VLM_QF_W4A8 ? M > 4 : M > 12)) {
+        gemm_512(&A, f, r0, r1);
+        return;
+    }
+    /* Decode: the dedicated GEMV (qgemv_int8.c: per-group float folding, one transpose-reduce per 16 rows) — faster
+     * than the tiles below at M <= 4, except at M >= 3 with very long rows, where its activations (M·k bytes) no
+     * longer fit L1 beside the code stream (measured slower at k = 18944, M = 4). */
+    if (isa == CPU_ISA_AVX512 && M <= 4 && (M <= 2 || w->k <= 8192)) {
+        cpu_int8_gemv_avx512(y, scratch, w, b, M, r0, r1);
+        return;
+    }
     const int TB = isa == CPU_ISA_AVX512 ? 4 : 2, RB = M <= TB ? 1 : isa == CPU_ISA_AVX512 ? 4 : 2;
     for (int64_t p0 = r0; p0 < r1; p0 += PANEL_ROWS) {
         const int64_t p1 = r1 - p0 < PANEL_ROWS ? r1 : p0 + PANEL_ROWS;
