@@ -141,5 +141,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vlmconvert: --head %s: expected f16, bf16, f32 or q8r\n", head);
         return 2;
     }
+    if (o.quiet) vlm_log_set_info(false);
     return conv_run(&o) == VLM_OK ? 0 : 1;
 }

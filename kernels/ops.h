@@ -40,4 +40,11 @@ void cpu_attention_ref(float *out, const float *q, const float *k, const float *
                        int64_t n_heads, int64_t n_kv_heads, int64_t hd, int64_t kv_stride, int64_t q_pos0, int causal,
                        float *scratch);
 
+/* The same contract, fast (kernels/cpu/attention.c): threaded over vlm_pool_default(), SIMD by cpu_isa_detect(),
+ * flash-style online softmax in float32 (within 1e-5 · (1 + |ref|) of cpu_attention_ref). scratch is unused (may
+ * be NULL); allocates nothing. */
+void cpu_attention(float *out, const float *q, const float *k, const float *v, int64_t n_q, int64_t n_kv_tok,
+                   int64_t n_heads, int64_t n_kv_heads, int64_t hd, int64_t kv_stride, int64_t q_pos0, int causal,
+                   float *scratch);
+
 #endif

@@ -97,6 +97,7 @@ struct vlm_model {
     /* mutable run state behind the const model: kernel scratch (one decoding thread of control per model) */
     struct cpu_qctx *qctx;
     enum vlm_kernels kernels;
+    bool fast_f32;              /* float32 parts (vision, projector, f32 linears) on the fast kernels: .mbq models */
 };
 
 /* An .mbq file (vlm_model_load dispatches here when given a regular file): config, preprocessor and tensors from
@@ -117,6 +118,19 @@ const char *vlm_model_kernels_str(const struct vlm_model *m);
 /* Checks that preprocessor settings fit the config (crop side = vision image_size, same pinpoints); name is
  * used in messages. */
 enum vlm_status vlm_preproc_check(const char *name, const struct vlm_config *c, const struct vlm_preproc_config *pp);
+
+/* y (M, N) = x (M, K) · Wᵀ + b for a float32 weight array of the model (vision tower, projector; W (N, K)): the
+ * float32 reference (cpu_linear_ref) for an HF checkpoint or when m->kernels is VLM_KERNELS_REF, the fast f32 GEMM
+ * (cpu_qlinear) for a .mbq model. VLM_ERR_OOM only when the fast path's scratch cannot grow (logged). */
+enum vlm_status vlm_model_linear_f32(const struct vlm_model *m, float *y, const float *x, const float *w,
+                                     const float *b, int64_t M, int64_t N, int64_t K);
+/* Attention with the contract of cpu_attention_ref (kernels/ops.h), dispatched the same way. */
+void vlm_model_attention(const struct vlm_model *m, float *out, const float *q, const float *k, const float *v,
+                         int64_t n_q, int64_t n_kv_tok, int64_t n_heads, int64_t n_kv_heads, int64_t hd,
+                         int64_t kv_stride, int64_t q_pos0, int causal, float *scratch);
+/* True when m runs the fast CPU kernels for its float32 parts too (m->fast_f32, set for .mbq models, and kernels
+ * not forced to REF). An HF checkpoint stays on the float32 reference. */
+bool vlm_model_fast(const struct vlm_model *m);
 
 /* Points the vlm_qmat views of the decoder, embedding and head at the float32 arrays (HF checkpoints). */
 void vlm_model_set_f32_views(struct vlm_model *m);

@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/qgemm.h"
+#include "kernels/ops.h"
 #include "mbq_file.h"
 #include "safetensors.h"
 #include "util.h"
@@ -270,6 +271,27 @@ void vlm_model_set_f32_views(struct vlm_model *m) {
     }
     m->w.embed_q = f32_view(m->w.embed, m->w.n_vocab_rows, d);
     m->w.lm_head_q = f32_view(m->w.lm_head, m->w.n_vocab_rows, d);
+}
+
+bool vlm_model_fast(const struct vlm_model *m) { return m->fast_f32 && m->kernels == VLM_KERNELS_FAST; }
+
+enum vlm_status vlm_model_linear_f32(const struct vlm_model *m, float *y, const float *x, const float *w,
+                                     const float *b, int64_t M, int64_t N, int64_t K) {
+    if (!vlm_model_fast(m)) {
+        cpu_linear_ref(y, x, w, b, M, N, K);
+        return VLM_OK;
+    }
+    const struct vlm_qmat v = f32_view(w, N, K);
+    return cpu_qlinear(m->qctx, y, x, &v, b, M);
+}
+
+void vlm_model_attention(const struct vlm_model *m, float *out, const float *q, const float *k, const float *v,
+                         int64_t n_q, int64_t n_kv_tok, int64_t n_heads, int64_t n_kv_heads, int64_t hd,
+                         int64_t kv_stride, int64_t q_pos0, int causal, float *scratch) {
+    if (vlm_model_fast(m))
+        cpu_attention(out, q, k, v, n_q, n_kv_tok, n_heads, n_kv_heads, hd, kv_stride, q_pos0, causal, scratch);
+    else
+        cpu_attention_ref(out, q, k, v, n_q, n_kv_tok, n_heads, n_kv_heads, hd, kv_stride, q_pos0, causal, scratch);
 }
 
 /* A path naming a regular file is a .mbq; anything else is tried as a checkpoint directory. */

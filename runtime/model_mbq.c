@@ -312,6 +312,7 @@ enum vlm_status vlm_model_load_mbq(const char *path, struct vlm_model **out) {
     }
     m->qctx->pool = vlm_pool_default();
     m->lm_head_tied = !has_head;
+    m->fast_f32 = true;
     m->file_dtype = "mbq";
     m->n_files = 1;
     m->scheme = VLM_NAMES_LEGACY;

@@ -9,15 +9,12 @@
 #include "kernels/ops.h"
 #include "util.h"
 
-/* y (M, w->n) = x (M, w->k) · Ŵᵀ + b in the weight's stored format: f32 through the float32 reference (the path
- * the golden tests pin down), other formats through the fast kernels (or their references when m->kernels says
- * so). The only failure is the fast path's scratch growing (VLM_ERR_OOM, logged there). */
+/* y (M, w->n) = x (M, w->k) · Ŵᵀ + b in the weight's stored format: f32 as vlm_model_linear_f32 (the float32
+ * reference for an HF checkpoint: the path the golden tests pin down), other formats through the fast kernels (or
+ * their references when m->kernels says so). The only failure is the fast path's scratch growing (VLM_ERR_OOM). */
 static enum vlm_status linear(const struct vlm_model *m, float *y, const float *x, const struct vlm_qmat *w,
                               const float *b, int64_t M) {
-    if (w->fmt == VLM_QF_F32) {
-        cpu_linear_ref(y, x, w->codes, b, M, w->n, w->k);
-        return VLM_OK;
-    }
+    if (w->fmt == VLM_QF_F32) return vlm_model_linear_f32(m, y, x, w->codes, b, M, w->n, w->k);
     if (m->kernels == VLM_KERNELS_REF) {
         cpu_qlinear_ref(y, x, w, b, M);
         return VLM_OK;
@@ -105,7 +102,7 @@ enum vlm_status qwen2_forward_ex(const struct vlm_model *m, struct kv_cache *kv,
             goto done;
         cpu_rope_neox_ref(q, n, tc->n_heads, hd, pos0, tc->rope_theta);
         cpu_rope_neox_ref(kc + pos0 * kvd, n, tc->n_kv_heads, hd, pos0, tc->rope_theta);
-        cpu_attention_ref(att, q, kc, vc, n, pos0 + n, tc->n_heads, tc->n_kv_heads, hd, kvd, pos0, 1, scores);
+        vlm_model_attention(m, att, q, kc, vc, n, pos0 + n, tc->n_heads, tc->n_kv_heads, hd, kvd, pos0, 1, scores);
         if ((st = linear(m, a, att, &L->wo, NULL, n))) goto done;
         for (int64_t i = 0; i < n * d; i++) h[i] += a[i];
         cpu_rmsnorm_ref(a, h, L->mlp_norm, n, d, tc->rms_norm_eps);

@@ -42,7 +42,11 @@ void vlm_log_error(const char *fmt, ...) {
     va_end(ap);
 }
 
+static bool g_info = true;
+void vlm_log_set_info(bool on) { g_info = on; }
+
 void vlm_log_info(const char *fmt, ...) {
+    if (!g_info) return;
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "%s: ", g_prog);

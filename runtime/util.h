@@ -18,6 +18,8 @@ _Noreturn void vlm_assert_fail(const char *file, int line, const char *cond);
 void vlm_log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The program name used by the log lines ("vlmrun" unless a CLI sets its own; static storage). */
 void vlm_log_set_prog(const char *name);
+/* Turns the informational lines off (--quiet); errors always print. */
+void vlm_log_set_info(bool on);
 /* Informational line on stderr (load summary, timings). */
 void vlm_log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -67,6 +67,12 @@ size_t test_capture_end(char *buf, size_t cap);
 bool test_check_error_line(const char *msg, const char *needle1, const char *needle2, const char *file, int line);
 #define CHECK_ERROR_LINE(msg, n1, n2) test_check_error_line((msg), (n1), (n2), __FILE__, __LINE__)
 
+/* A shared deterministic generator for synthetic test data (xorshift64; one stream for the whole run, so a case's
+ * data depends on the cases before it — fine for comparisons against in-process references). */
+uint32_t test_rand_u32(void);
+float test_rand_unit(void);   /* uniform in (0, 1) */
+float test_rand_normal(void); /* N(0, 1), Box-Muller */
+
 /* Max abs difference and cosine similarity of two vectors. */
 double test_max_abs_diff(const float *a, const float *b, int64_t n);
 double test_cosine(const float *a, const float *b, int64_t n);

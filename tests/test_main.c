@@ -306,3 +306,11 @@ int main(int argc, char **argv) {
     else printf("%d passed, %d failed\n", passed, failed);
     return failed > 0 ? 1 : 0;
 }
+
+static uint64_t g_test_rng = 0x9e3779b97f4a7c15ull;
+uint32_t test_rand_u32(void) {
+    g_test_rng ^= g_test_rng << 13, g_test_rng ^= g_test_rng >> 7, g_test_rng ^= g_test_rng << 17;
+    return (uint32_t)(g_test_rng >> 16);
+}
+float test_rand_unit(void) { return ((float)(test_rand_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
+float test_rand_normal(void) { return sqrtf(-2.0f * logf(test_rand_unit())) * cosf(6.2831853f * test_rand_unit()); }

@@ -15,6 +15,7 @@
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
 #include "test.h"
+#include "tolerances.h"
 #include "tokenizer/tokenizer.h"
 #include "vision/image.h"
 
@@ -110,14 +111,21 @@ static void check_bit_identical(const char *model, const char *image, struct con
         fprintf(stderr, "%s", log);
     } else {
         CHECK(mq->mbq != NULL && hf->mbq == NULL);
-        int64_t na = 0, nb = 0;
-        float *a = prompt_logits(hf, image, &na), *b = prompt_logits(mq, image, &nb);
-        if (a && b && CHECK_EQ(na, nb))
-            if (!CHECK(memcmp(a, b, (size_t)(na * hf->w.n_vocab_rows) * sizeof(float)) == 0))
-                FAIL("%s -> %s: logits differ (max |diff| %g)", model, o.out_path,
-                     test_max_abs_diff(a, b, na * hf->w.n_vocab_rows));
+        int64_t na = 0, nb = 0, nc = 0;
+        const int64_t V = hf->w.n_vocab_rows;
+        float *a = prompt_logits(hf, image, &na);
+        mq->kernels = VLM_KERNELS_REF; /* the same float32 reference everywhere: identical */
+        float *b = prompt_logits(mq, image, &nb);
+        mq->kernels = VLM_KERNELS_FAST; /* the fast f32 GEMMs (vision, decoder): only summation order differs */
+        float *c = prompt_logits(mq, image, &nc);
+        if (a && b && c && CHECK_EQ(na, nb) && CHECK_EQ(na, nc)) {
+            if (!CHECK(memcmp(a, b, (size_t)(na * V) * sizeof(float)) == 0))
+                FAIL("%s -> %s: logits differ (max |diff| %g)", model, o.out_path, test_max_abs_diff(a, b, na * V));
+            CHECK_NEAR_TENSOR("fast f32 kernels vs reference", c, a, na * V, TOL_LOGITS_ATOL, TOL_LOGITS_RTOL);
+        }
         free(a);
         free(b);
+        free(c);
     }
     vlm_model_free(hf);
     vlm_model_free(mq);

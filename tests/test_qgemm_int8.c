@@ -19,13 +19,6 @@
 
 #define SENTINEL 1234.5f
 
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-static uint32_t rnd_u32(void) {
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (uint32_t)(g_rng >> 16);
-}
-static float rnd_unit(void) { return ((float)(rnd_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
-static float rnd_normal(void) { return sqrtf(-2.0f * logf(rnd_unit())) * cosf(6.2831853f * rnd_unit()); }
 
 /* The ISA levels this CPU has (the same test as cpu_isa_detect, via the compiler's cpuid/xgetbv runtime). */
 static int isa_levels(enum cpu_isa out[3]) {
@@ -110,9 +103,9 @@ static const enum vlm_qformat k_fmts[3] = {VLM_QF_W3G128, VLM_QF_W4G128, VLM_QF_
 static void check_shape(enum vlm_qformat f, int64_t n, int64_t k, int64_t M, bool bias) {
     float *w = malloc((size_t)(n * k) * sizeof(float)), *x = malloc((size_t)(M * k) * sizeof(float));
     float *b = malloc((size_t)n * sizeof(float));
-    for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal() * 0.05f;
-    for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
-    for (int64_t i = 0; i < n; i++) b[i] = rnd_normal();
+    for (int64_t i = 0; i < n * k; i++) w[i] = test_rand_normal() * 0.05f;
+    for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal();
+    for (int64_t i = 0; i < n; i++) b[i] = test_rand_normal();
     struct qm q = make_mat(f, n, k, w);
     size_t ny = (size_t)(M * n + 16);
     float *ys = malloc(ny * 4), *yv = malloc(ny * 4), *yr = malloc(ny * 4);
@@ -181,9 +174,9 @@ TEST(int8_gemm_prefill_shapes) {
 TEST(int8_gemm_m729) {
     const int64_t n = 896, k = 896, M = 729;
     float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4), *b = malloc((size_t)n * 4);
-    for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal() * 0.05f;
-    for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
-    for (int64_t i = 0; i < n; i++) b[i] = rnd_normal();
+    for (int64_t i = 0; i < n * k; i++) w[i] = test_rand_normal() * 0.05f;
+    for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal();
+    for (int64_t i = 0; i < n; i++) b[i] = test_rand_normal();
     size_t ny = (size_t)(M * n + 16);
     float *ys = malloc(ny * 4), *yv = malloc(ny * 4);
     enum cpu_isa isas[3];
@@ -216,8 +209,8 @@ TEST(int8_a8_vs_exact_reference) {
         for (int ki = 0; ki < 2; ki++) {
             int64_t n = 64, k = ks[ki], M = 3;
             float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4);
-            for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal();
-            for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
+            for (int64_t i = 0; i < n * k; i++) w[i] = test_rand_normal();
+            for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal();
             struct qm q = make_mat(k_fmts[fi], n, k, w);
             float *ya = malloc((size_t)(M * n) * 4), *ye = malloc((size_t)(M * n) * 4);
             cpu_qlinear_a8_ref(ya, x, &q.m, NULL, M);
@@ -239,7 +232,7 @@ TEST(int8_prepare_identical_across_isa) {
         for (int ki = 0; ki < 3; ki++) {
             int64_t k = ks[ki], M = 5;
             float *x = malloc((size_t)(M * k) * 4);
-            for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal() * (i % 7 == 0 ? 30.0f : 1.0f);
+            for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal() * (i % 7 == 0 ? 30.0f : 1.0f);
             for (int64_t i = 0; i < 128; i++) x[k + i] = 0.0f;                   /* token 1: a zero group */
             for (int64_t i = 0; i < 128; i++) x[2 * k + i] = 1e-44f * (float)(i % 3); /* subnormal: d underflows */
             for (int64_t i = 0; i < 128; i++) x[3 * k + i] = (float)(i - 64) * 0.5f;  /* exact halves: ties to even */
@@ -266,8 +259,8 @@ TEST(int8_nonfinite_inputs) {
     int ni = isa_levels(isas);
     const int64_t n = 17, k = 640, M = 4;
     float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4);
-    for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal();
-    for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
+    for (int64_t i = 0; i < n * k; i++) w[i] = test_rand_normal();
+    for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal();
     x[1 * k + 300] = INFINITY;
     x[2 * k + 5] = NAN;
     x[3 * k + 639] = -INFINITY;
@@ -307,8 +300,8 @@ TEST(int8_through_cpu_qlinear) {
         for (int mi = 0; mi < 3; mi++) {
             int64_t M = Ms[mi];
             float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4);
-            for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal();
-            for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
+            for (int64_t i = 0; i < n * k; i++) w[i] = test_rand_normal();
+            for (int64_t i = 0; i < M * k; i++) x[i] = test_rand_normal();
             struct qm q = make_mat(k_fmts[fi], n, k, w);
             float *y = malloc((size_t)(M * n) * 4), *yr = malloc((size_t)(M * n) * 4);
             struct cpu_qctx c = {0};

@@ -6,6 +6,8 @@
  * the output).
  *
  * Usage: bench_decode [--quick] [--out FILE]   (default FILE: bench/decode.md)
+ * Also the vision tower (SigLIP so400m: 26 of 27 layers as LLaVA-OneVision uses them, 729 tokens per 384² crop)
+ * and projector on the fast float32 GEMM (as a .mbq model runs them), per crop.
  * Reported per variant: prefill tokens/s (a 256-token prompt), decode ms/token and tokens/s (median of 32 steps
  * after the prompt), the weight bytes read per decoded token (every decoder matrix once + the head), the implied
  * GB/s and its fraction of the DRAM read bandwidth measured in the same run, and the speed-up over FP16. */
@@ -18,6 +20,7 @@
 
 #include "runtime/model.h"
 #include "runtime/qwen2.h"
+#include "vision/siglip.h"
 #include "tools/bench_common.h"
 
 #ifndef VLM_SRC_DIR
@@ -77,6 +80,7 @@ static struct vlm_model *build(const struct vlm_config *c, int64_t n_layers, enu
     m->w.embed_q = m->w.lm_head_q; /* the bench feeds embeddings directly; the table is never read */
     m->qctx = calloc(1, sizeof *m->qctx);
     VLM_ASSERT(m->qctx);
+    m->fast_f32 = true; /* as a .mbq model runs: fast kernels for attention too */
     *weight_bytes = bytes + hb;
     *head_bytes = hb;
     return m;
@@ -164,11 +168,11 @@ int main(int argc, char **argv) {
     const int64_t n_prompt = quick ? 32 : 256;
 
     out("# End-to-end CPU decoder speed per weight format%s\n\n", quick ? " (--quick smoke run)" : "");
-    out("- CPU: %s (%ld online cores), ISA level: %s, threads: %d (the default pool; other ops use OpenMP)\n", model,
+    out("- CPU: %s (%ld online cores), ISA level: %s, threads: %d (the default pool, for every op)\n", model,
         sysconf(_SC_NPROCESSORS_ONLN), cpu_isa_name(cpu_isa_detect()), vlm_pool_size(pool));
     out("- date: %s\n", date);
     out("- synthetic weights in each format (speed does not depend on values); the decoder runs through qwen2_forward "
-        "as in vlmrun: float32 activations and KV cache, RMSNorm, RoPE, attention (the plain reference kernels), "
+        "as vlmrun runs a .mbq: float32 activations and KV cache, RMSNorm, RoPE, the fast attention kernel, "
         "the head over all %lld rows\n", (long long)c05.text.vocab_size);
     out("- prefill: a %lld-token prompt; decode: median of %d single-token steps after it; bytes/token = every "
         "decoder matrix once + the head (KV cache reads excluded: ~%.1f MB at this context for 0.5B)\n",
@@ -229,6 +233,66 @@ int main(int argc, char **argv) {
         out("| %s | %.0f | %.2f | %.2f | %.1f | %.2f | %.1f | %.0f%% | %.2fx |\n", v7[i].name, bytes28 / 1e6, t_layer,
             t.head_ms, t28, 1e3 / t28, gbs, 100.0 * gbs / bw, base / t28);
         destroy(m);
+    }
+    /* vision: the tower and projector of the 0.5B config in float32, fast kernels (the .mbq path), one crop */
+    {
+        struct vlm_model *m = calloc(1, sizeof *m);
+        VLM_ASSERT(m);
+        m->config = c05;
+        const struct vlm_vision_config *vc = &c05.vision;
+        const int64_t h = vc->hidden_size, fi = vc->intermediate_size, np = vc->n_patches_side * vc->n_patches_side;
+        const int64_t L = quick ? 2 : vlm_config_n_vit_layers(&c05), d = c05.text.hidden_size;
+        const int64_t kdim = vc->n_channels * vc->patch_size * vc->patch_size, in = h * c05.n_feature_layers;
+        const float sc = 0.02f;
+        m->w.n_vit_layers = L;
+        m->w.vit = calloc((size_t)L, sizeof *m->w.vit);
+        m->w.patch_w = make_vec(h * kdim, 0, sc), m->w.patch_b = make_vec(h, 0, sc);
+        m->w.pos_emb = make_vec(np * h, 0, sc);
+        for (int64_t l = 0; l < L; l++) {
+            struct vit_layer_weights *W = &m->w.vit[l];
+            W->ln1_w = make_vec(h, 1, 0.1f), W->ln1_b = make_vec(h, 0, sc), W->ln2_w = make_vec(h, 1, 0.1f);
+            W->ln2_b = make_vec(h, 0, sc);
+            W->q_w = make_vec(h * h, 0, sc), W->k_w = make_vec(h * h, 0, sc), W->v_w = make_vec(h * h, 0, sc);
+            W->o_w = make_vec(h * h, 0, sc), W->q_b = make_vec(h, 0, sc), W->k_b = make_vec(h, 0, sc);
+            W->v_b = make_vec(h, 0, sc), W->o_b = make_vec(h, 0, sc);
+            W->fc1_w = make_vec(fi * h, 0, sc), W->fc1_b = make_vec(fi, 0, sc);
+            W->fc2_w = make_vec(h * fi, 0, sc), W->fc2_b = make_vec(h, 0, sc);
+        }
+        m->w.proj1_w = make_vec(d * in, 0, sc), m->w.proj1_b = make_vec(d, 0, sc);
+        m->w.proj2_w = make_vec(d * d, 0, sc), m->w.proj2_b = make_vec(d, 0, sc);
+        m->qctx = calloc(1, sizeof *m->qctx);
+        VLM_ASSERT(m->qctx);
+        m->qctx->pool = pool;
+        m->fast_f32 = true;
+        float *px = make_vec(vc->n_channels * vc->image_size * vc->image_size, 0, 1);
+        float *feats = xalloc((size_t)(np * in) * sizeof(float)), *proj = xalloc((size_t)(np * d) * sizeof(float));
+        double best = 1e30;
+        for (int r = 0; r < (quick ? 1 : 2); r++) {
+            double t0 = vlm_time_ms();
+            VLM_ASSERT(vit_forward(m, px, 1, feats) == VLM_OK && vit_project(m, feats, np, proj) == VLM_OK);
+            double ms = vlm_time_ms() - t0;
+            best = ms < best ? ms : best;
+        }
+        /* FLOPs: per layer 4 h² + 2 h·fi weights per token, attention 2·np·h (QKᵀ and PV) per token */
+        double flop = 2.0 * (double)np * ((double)L * (4.0 * h * h + 2.0 * h * fi + 2.0 * np * h) + h * kdim +
+                                         in * d + d * d);
+        out("\n## Vision tower + projector (SigLIP so400m dims: %lld layers, %lld tokens per crop), float32 weights, "
+            "fast f32 GEMM + the fast attention; norms and GELU (tanh, in double) still the plain reference\n\n",
+            (long long)L, (long long)np);
+        out("| crops | ms per crop | GFLOP per crop | GFLOP/s |\n|---:|---:|---:|---:|\n");
+        out("| 1 | %.0f | %.0f | %.1f |\n", best, flop / 1e9, flop / 1e9 / (best / 1e3));
+        free(px), free(feats), free(proj);
+        for (int64_t l = 0; l < L; l++) {
+            struct vit_layer_weights *W = &m->w.vit[l];
+            float *all[] = {W->ln1_w, W->ln1_b, W->ln2_w, W->ln2_b, W->q_w, W->k_w, W->v_w, W->o_w, W->q_b,
+                            W->k_b, W->v_b, W->o_b, W->fc1_w, W->fc1_b, W->fc2_w, W->fc2_b};
+            for (size_t i = 0; i < sizeof all / sizeof *all; i++) free(all[i]);
+        }
+        free(m->w.vit), free(m->w.patch_w), free(m->w.patch_b), free(m->w.pos_emb);
+        free(m->w.proj1_w), free(m->w.proj1_b), free(m->w.proj2_w), free(m->w.proj2_b);
+        cpu_qctx_free(m->qctx);
+        free(m->qctx);
+        free(m);
     }
     if (out_path) {
         FILE *f = fopen(out_path, "w");

@@ -1,6 +1,7 @@
-/* siglip.c — SigLIP vision tower and mlp2x_gelu projector, float32 reference
- * (shared/spec/llava-onevision.md §3-§4). One crop at a time: crops never attend to each other, and this bounds
- * scratch memory to one crop's activations whatever the crop count. */
+/* siglip.c — SigLIP vision tower and mlp2x_gelu projector in float32 (shared/spec/llava-onevision.md §3-§4).
+ * Linears and attention go through the model's dispatch (vlm_model_linear_f32, vlm_model_attention): the float32
+ * reference for an HF checkpoint, the fast CPU kernels for a .mbq model. One crop at a time: crops never attend to
+ * each other, and this bounds scratch memory to one crop's activations whatever the crop count. */
 #include "siglip.h"
 
 #include <stdlib.h>
@@ -15,7 +16,7 @@ struct vit_scratch {
     float *a;     /* (np, hidden) normed input */
     float *q, *k, *v, *att; /* (np, hidden) each */
     float *mlp;   /* (np, inter) */
-    float *patch; /* (3*p*p) one flattened patch */
+    float *patch; /* (np, 3*p*p) the crop's patches, flattened (im2col), so the conv is one GEMM */
     float *row;   /* (np) attention scores */
 };
 
@@ -28,40 +29,43 @@ static void apply_act(enum vlm_act act, float *x, int64_t n) {
 }
 
 /* Patch embedding + position embedding of one crop (3, S, S) into s->x. */
-static void vit_embed(const struct vlm_model *m, const float *px, struct vit_scratch *s) {
+static enum vlm_status vit_embed(const struct vlm_model *m, const float *px, struct vit_scratch *s) {
     const struct vlm_vision_config *vc = &m->config.vision;
     const int64_t P = vc->n_patches_side, ps = vc->patch_size, S = vc->image_size, hid = vc->hidden_size;
     const int64_t kdim = vc->n_channels * ps * ps;
-    for (int64_t r = 0; r < P; r++) {
-        for (int64_t c = 0; c < P; c++) {
-            /* Conv2d(kernel = stride = patch) as a GEMV over the flattened [c][ky][kx] patch. */
+    /* Conv2d(kernel = stride = patch) as a GEMM over the flattened [c][ky][kx] patches */
+    for (int64_t r = 0; r < P; r++)
+        for (int64_t c = 0; c < P; c++)
             for (int64_t ch = 0; ch < vc->n_channels; ch++)
                 for (int64_t ky = 0; ky < ps; ky++)
                     for (int64_t kx = 0; kx < ps; kx++)
-                        s->patch[(ch * ps + ky) * ps + kx] = px[(ch * S + r * ps + ky) * S + c * ps + kx];
-            float *e = s->x + (r * P + c) * hid;
-            cpu_linear_ref(e, s->patch, m->w.patch_w, m->w.patch_b, 1, hid, kdim);
-            const float *pos = m->w.pos_emb + (r * P + c) * hid;
-            for (int64_t i = 0; i < hid; i++) e[i] += pos[i];
-        }
-    }
+                        s->patch[(r * P + c) * kdim + (ch * ps + ky) * ps + kx] =
+                            px[(ch * S + r * ps + ky) * S + c * ps + kx];
+    enum vlm_status st = vlm_model_linear_f32(m, s->x, s->patch, m->w.patch_w, m->w.patch_b, P * P, hid, kdim);
+    if (st != VLM_OK) return st;
+    for (int64_t i = 0; i < P * P * hid; i++) s->x[i] += m->w.pos_emb[i];
+    return VLM_OK;
 }
 
-static void vit_layer(const struct vlm_model *m, const struct vit_layer_weights *L, struct vit_scratch *s) {
+static enum vlm_status vit_layer(const struct vlm_model *m, const struct vit_layer_weights *L, struct vit_scratch *s) {
     const struct vlm_vision_config *vc = &m->config.vision;
     const int64_t np = vc->n_patches_side * vc->n_patches_side, hid = vc->hidden_size, inter = vc->intermediate_size;
+    enum vlm_status st;
     cpu_layernorm_ref(s->a, s->x, L->ln1_w, L->ln1_b, np, hid, vc->layer_norm_eps);
-    cpu_linear_ref(s->q, s->a, L->q_w, L->q_b, np, hid, hid);
-    cpu_linear_ref(s->k, s->a, L->k_w, L->k_b, np, hid, hid);
-    cpu_linear_ref(s->v, s->a, L->v_w, L->v_b, np, hid, hid);
-    cpu_attention_ref(s->att, s->q, s->k, s->v, np, np, vc->n_heads, vc->n_heads, vc->head_dim, hid, 0, 0, s->row);
-    cpu_linear_ref(s->a, s->att, L->o_w, L->o_b, np, hid, hid);
+    if ((st = vlm_model_linear_f32(m, s->q, s->a, L->q_w, L->q_b, np, hid, hid)) ||
+        (st = vlm_model_linear_f32(m, s->k, s->a, L->k_w, L->k_b, np, hid, hid)) ||
+        (st = vlm_model_linear_f32(m, s->v, s->a, L->v_w, L->v_b, np, hid, hid)))
+        return st;
+    vlm_model_attention(m, s->att, s->q, s->k, s->v, np, np, vc->n_heads, vc->n_heads, vc->head_dim, hid, 0, 0,
+                        s->row);
+    if ((st = vlm_model_linear_f32(m, s->a, s->att, L->o_w, L->o_b, np, hid, hid))) return st;
     for (int64_t i = 0; i < np * hid; i++) s->x[i] += s->a[i];
     cpu_layernorm_ref(s->a, s->x, L->ln2_w, L->ln2_b, np, hid, vc->layer_norm_eps);
-    cpu_linear_ref(s->mlp, s->a, L->fc1_w, L->fc1_b, np, inter, hid);
+    if ((st = vlm_model_linear_f32(m, s->mlp, s->a, L->fc1_w, L->fc1_b, np, inter, hid))) return st;
     apply_act(vc->hidden_act, s->mlp, np * inter);
-    cpu_linear_ref(s->a, s->mlp, L->fc2_w, L->fc2_b, np, hid, inter);
+    if ((st = vlm_model_linear_f32(m, s->a, s->mlp, L->fc2_w, L->fc2_b, np, hid, inter))) return st;
     for (int64_t i = 0; i < np * hid; i++) s->x[i] += s->a[i];
+    return VLM_OK;
 }
 
 /* Copies the current hidden state into every selected-feature slot that asks for hidden-state index idx. */
@@ -84,7 +88,7 @@ enum vlm_status vit_forward(const struct vlm_model *m, const float *pixels, int6
     /* All sizes come from a validated config; products are bounded by its caps. */
     size_t n_act = (size_t)(np * hid), n_total;
     if (!vlm_size_mul(n_act, 6, &n_total) || !vlm_size_add(n_total, (size_t)(np * vc->intermediate_size), &n_total) ||
-        !vlm_size_add(n_total, (size_t)(vc->n_channels * vc->patch_size * vc->patch_size + np), &n_total)) {
+        !vlm_size_add(n_total, (size_t)(np * vc->n_channels * vc->patch_size * vc->patch_size + np), &n_total)) {
         vlm_log_error("vision tower: scratch size overflows");
         return VLM_ERR_OOM;
     }
@@ -99,19 +103,19 @@ enum vlm_status vit_forward(const struct vlm_model *m, const float *pixels, int6
     s.v = p, p += n_act;
     s.att = p, p += n_act;
     s.mlp = p, p += np * vc->intermediate_size;
-    s.patch = p, p += vc->n_channels * vc->patch_size * vc->patch_size;
+    s.patch = p, p += np * vc->n_channels * vc->patch_size * vc->patch_size;
     s.row = p;
-    for (int64_t cr = 0; cr < n_crops; cr++) {
+    enum vlm_status st = VLM_OK;
+    for (int64_t cr = 0; cr < n_crops && st == VLM_OK; cr++) {
         float *fc = feats + cr * np * width;
-        vit_embed(m, pixels + cr * crop_px, &s);
+        if ((st = vit_embed(m, pixels + cr * crop_px, &s)) != VLM_OK) break;
         vit_collect(m, 0, s.x, fc);
-        for (int64_t l = 0; l < m->w.n_vit_layers; l++) {
-            vit_layer(m, &m->w.vit[l], &s);
-            vit_collect(m, (int)(l + 1), s.x, fc);
+        for (int64_t l = 0; l < m->w.n_vit_layers && st == VLM_OK; l++) {
+            if ((st = vit_layer(m, &m->w.vit[l], &s)) == VLM_OK) vit_collect(m, (int)(l + 1), s.x, fc);
         }
     }
     free(buf);
-    return VLM_OK;
+    return st;
 }
 
 enum vlm_status vit_project(const struct vlm_model *m, const float *x, int64_t n, float *out) {
@@ -119,9 +123,11 @@ enum vlm_status vit_project(const struct vlm_model *m, const float *x, int64_t n
     const int64_t in = c->vision.hidden_size * c->n_feature_layers, d = c->text.hidden_size;
     float *h = vlm_alloc_array((size_t)n, (size_t)d * sizeof(float), "projector scratch");
     if (!h) return VLM_ERR_OOM;
-    cpu_linear_ref(h, x, m->w.proj1_w, m->w.proj1_b, n, d, in);
-    apply_act(c->projector_act, h, n * d);
-    cpu_linear_ref(out, h, m->w.proj2_w, m->w.proj2_b, n, d, d);
+    enum vlm_status st = vlm_model_linear_f32(m, h, x, m->w.proj1_w, m->w.proj1_b, n, d, in);
+    if (st == VLM_OK) {
+        apply_act(c->projector_act, h, n * d);
+        st = vlm_model_linear_f32(m, out, h, m->w.proj2_w, m->w.proj2_b, n, d, d);
+    }
     free(h);
-    return VLM_OK;
+    return st;
 }

@@ -104,6 +104,8 @@ static enum cpu_isa isa_now(void) {
     return cap >= 0 && cap < (int)best ? (enum cpu_isa)cap : best;
 }
 
+enum cpu_isa cpu_isa_current(void) { return isa_now(); }
+
 /* ---------------------------------------------------------------------------------------------------------------
  * the job shared by the threads of one call
  * ------------------------------------------------------------------------------------------------------------- */

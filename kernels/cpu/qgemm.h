@@ -32,6 +32,8 @@ const char *cpu_isa_name(enum cpu_isa i);
 /* Caps the level used by cpu_qlinear (tests run every level the CPU has; benches compare); returns the level
  * now in effect (never above cpu_isa_detect()). */
 enum cpu_isa cpu_isa_set(enum cpu_isa max_level);
+/* The level in effect now (cpu_isa_detect() capped by the last cpu_isa_set). */
+enum cpu_isa cpu_isa_current(void);
 
 /* Grow-only scratch for activation quantization, owned by the caller (one per decoding thread of control);
  * after the first calls at the largest M nothing is allocated. Zero-initialise; free with cpu_qctx_free. */
