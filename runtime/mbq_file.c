@@ -930,10 +930,10 @@ enum vlm_status mbq_writer_finish(struct mbq_writer *w) {
     free(w->tmp);
     w->tmp = NULL;
     if (!fsync_parent(w->path)) {
-        /* the promise is "no file at path on failure": a rename that may not survive a crash is a failure */
-        vlm_log_error("%s: fsync of its directory failed: %s", w->path, strerror(errno));
-        unlink(w->path);
-        goto fail;
+        /* The file is complete and its data are on disk; only the directory entry's durability across a crash is
+         * unknown. Removing it now would destroy both the new and the (already replaced) old file, so keep it. */
+        vlm_log_info("warning: %s: fsync of its directory failed (%s); the file is complete but a crash now could "
+                     "lose the rename", w->path, strerror(errno));
     }
     writer_free(w);
     return VLM_OK;

@@ -81,34 +81,66 @@ void cpu_rmsnorm_ref(float *y, const float *x, const float *g, int64_t M, int64_
     vlm_pool_for(vlm_pool_default(), M, 1 + 16384 / (n > 0 ? n : 1), rmsnorm_range, &j);
 }
 
-void cpu_gelu_tanh_ref(float *x, int64_t n) {
+/* Elementwise activations: each element on its own, so splitting the range over the pool changes no result. */
+struct act_job {
+    float *a;
+    const float *b;
+};
+
+static void gelu_tanh_range(void *ctx, int64_t begin, int64_t end) {
+    float *x = ((struct act_job *)ctx)->a;
     const double c = 0.7978845608028654; /* sqrt(2/pi) */
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = begin; i < end; i++) {
         double v = x[i];
         x[i] = (float)(0.5 * v * (1.0 + tanh(c * (v + 0.044715 * v * v * v))));
     }
 }
 
-void cpu_gelu_erf_ref(float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
+static void gelu_erf_range(void *ctx, int64_t begin, int64_t end) {
+    float *x = ((struct act_job *)ctx)->a;
+    for (int64_t i = begin; i < end; i++) {
         double v = x[i];
         x[i] = (float)(0.5 * v * (1.0 + erf(v * 0.7071067811865476)));
     }
 }
 
-void cpu_silu_ref(float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
+static void silu_range(void *ctx, int64_t begin, int64_t end) {
+    float *x = ((struct act_job *)ctx)->a;
+    for (int64_t i = begin; i < end; i++) {
         double v = x[i];
         x[i] = (float)(v / (1.0 + exp(-v)));
     }
 }
 
-void cpu_swiglu_ref(float *a, const float *b, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        double v = a[i];
+static void swiglu_range(void *ctx, int64_t begin, int64_t end) {
+    const struct act_job *j = ctx;
+    for (int64_t i = begin; i < end; i++) {
+        double v = j->a[i];
         /* HF: act_fn(gate) is rounded to float before the multiply by up. */
-        a[i] = (float)(v / (1.0 + exp(-v))) * b[i];
+        j->a[i] = (float)(v / (1.0 + exp(-v))) * j->b[i];
     }
+}
+
+#define ACT_GRAIN 8192 /* elements: below two of these a hand-off costs more than it saves */
+
+void cpu_gelu_tanh_ref(float *x, int64_t n) {
+    struct act_job j = {x, NULL};
+    vlm_pool_for(vlm_pool_default(), n, ACT_GRAIN, gelu_tanh_range, &j);
+}
+
+void cpu_gelu_erf_ref(float *x, int64_t n) {
+    struct act_job j = {x, NULL};
+    vlm_pool_for(vlm_pool_default(), n, ACT_GRAIN, gelu_erf_range, &j);
+}
+
+void cpu_silu_ref(float *x, int64_t n) {
+    struct act_job j = {x, NULL};
+    vlm_pool_for(vlm_pool_default(), n, ACT_GRAIN, silu_range, &j);
+}
+
+void cpu_swiglu_ref(float *a, const float *b, int64_t n) {
+    struct act_job j = {a, b};
+    vlm_pool_for(vlm_pool_default(), n, ACT_GRAIN, swiglu_range, &j);
 }
 
 void cpu_softmax_ref(float *x, int64_t M, int64_t n) {
