@@ -67,6 +67,10 @@ size_t test_capture_end(char *buf, size_t cap);
 bool test_check_error_line(const char *msg, const char *needle1, const char *needle2, const char *file, int line);
 #define CHECK_ERROR_LINE(msg, n1, n2) test_check_error_line((msg), (n1), (n2), __FILE__, __LINE__)
 
+/* The real Qwen2 tokenizer.json, decompressed once (gzip -dc) from tests/data/tokenizers/qwen2/tokenizer.json.gz
+ * into the run's temporary folder; NULL after recording a failure. */
+const char *test_qwen2_tokenizer_path(void);
+
 /* A shared deterministic generator for synthetic test data (xorshift64; one stream for the whole run, so a case's
  * data depends on the cases before it — fine for comparisons against in-process references). */
 uint32_t test_rand_u32(void);

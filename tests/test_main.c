@@ -314,3 +314,18 @@ uint32_t test_rand_u32(void) {
 }
 float test_rand_unit(void) { return ((float)(test_rand_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
 float test_rand_normal(void) { return sqrtf(-2.0f * logf(test_rand_unit())) * cosf(6.2831853f * test_rand_unit()); }
+
+const char *test_qwen2_tokenizer_path(void) {
+    static char path[1024];
+    if (path[0]) return path;
+    const char *gz = test_path("tests/data/tokenizers/qwen2/tokenizer.json.gz");
+    const char *dst = test_tmp_path("qwen2_tokenizer.json");
+    char cmd[2600], err[512];
+    snprintf(cmd, sizeof cmd, "gzip -dc '%s' > '%s'", gz, dst);
+    if (test_run_cmd(cmd, err, sizeof err) != 0) {
+        FAIL("cannot decompress %s (gzip -dc): %s", gz, err);
+        return NULL;
+    }
+    snprintf(path, sizeof path, "%s", dst);
+    return path;
+}

@@ -33,28 +33,13 @@
  * ------------------------------------------------------------------------------------------------------------- */
 
 static struct vlm_tokenizer *g_qwen;
-static char g_qwen_json[1024]; /* path of the decompressed tokenizer.json */
 
 static void free_qwen(void) { tok_free(g_qwen); }
 
-/* Decompresses tests/data/tokenizers/qwen2/tokenizer.json.gz into a temporary folder (once). */
-static const char *qwen_json_path(void) {
-    if (g_qwen_json[0]) return g_qwen_json;
-    const char *gz = test_path("tests/data/tokenizers/qwen2/tokenizer.json.gz");
-    const char *dst = test_tmp_path("tokenizer.json");
-    char cmd[2600], err[512];
-    snprintf(cmd, sizeof cmd, "gzip -dc '%s' > '%s'", gz, dst);
-    if (test_run_cmd(cmd, err, sizeof err) != 0) {
-        FAIL("cannot decompress %s (gzip -dc): %s", gz, err);
-        return NULL;
-    }
-    snprintf(g_qwen_json, sizeof g_qwen_json, "%s", dst);
-    return g_qwen_json;
-}
 
 static const struct vlm_tokenizer *qwen(void) {
     if (g_qwen) return g_qwen;
-    const char *path = qwen_json_path();
+    const char *path = test_qwen2_tokenizer_path();
     if (!path) return NULL;
     if (tok_load_file(path, &g_qwen) != VLM_OK) {
         FAIL("cannot load %s", path);
@@ -370,7 +355,7 @@ TEST(tok_qwen2_merges_string_form) {
     struct corpus c;
     if (!t || !corpus_load(&c)) return;
     size_t len = 0;
-    char *text = slurp(qwen_json_path(), &len);
+    char *text = slurp(test_qwen2_tokenizer_path(), &len);
     cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     cJSON *merges = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "merges");
@@ -520,7 +505,7 @@ TEST(tok_qwen2_merge_vs_naive) {
     const struct vlm_tokenizer *t = qwen();
     if (!t) return;
     size_t len = 0;
-    char *text = slurp(qwen_json_path(), &len);
+    char *text = slurp(test_qwen2_tokenizer_path(), &len);
     cJSON *root = text ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(root, "model"), "merges");
