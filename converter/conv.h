@@ -1,8 +1,8 @@
 /* conv.h — the converter's library side (vlmconvert's CLI is converter/convert.c): an HF LLaVA-OneVision
- * checkpoint into one .mbq file. This issue's methods: f32 and f16 (no quantization: a deployable single file;
- * f32 reproduces the checkpoint's float32 run bit for bit) and rtn (round-to-nearest, mbq.md §2) for the decoder
- * linears at W3 g128, W4 g128 or W4A8. The calibrated methods (AWQ, SmoothQuant, MBQ) come with the converter
- * issue and plug in before the final quantization. */
+ * checkpoint into one .mbq file: f32 and f16 (no quantization: a deployable single file; f32 reproduces the
+ * checkpoint's float32 run bit for bit), rtn (round-to-nearest, mbq.md §2) for the decoder linears at W3 g128,
+ * W4 g128 or W4A8, and the calibrated methods AWQ, SmoothQuant and MBQ (converter/calibrate.h), which fold their
+ * channel scales into the float model before the same final quantization. */
 #ifndef VLM_CONV_H
 #define VLM_CONV_H
 
@@ -11,7 +11,7 @@
 #include "kernels/quant.h"
 #include "vlm.h"
 
-enum conv_method { CONV_F32, CONV_F16, CONV_RTN };
+enum conv_method { CONV_F32, CONV_F16, CONV_RTN, CONV_AWQ, CONV_SMOOTHQUANT, CONV_MBQ };
 
 struct conv_options {
     const char *model_dir;      /* HF checkpoint directory */
@@ -24,6 +24,10 @@ struct conv_options {
     enum vlm_qformat embed_fmt; /* f32, f16, bf16 or q8r */
     enum vlm_qformat head_fmt;  /* f32, f16, bf16 or q8r; != embed_fmt writes a separate head even when tied */
     bool quiet;
+    /* calibrated methods (AWQ, SmoothQuant, MBQ): converter/calibrate.h */
+    const char *calib_path;     /* ShareGPT4V-style JSON; images relative to it */
+    int64_t n_samples;
+    uint64_t seed;
 };
 
 /* The weight format of the decoder linears under o (f32/f16/bf16 for the float methods). */

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "converter/calibrate.h"
 #include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/model_mbq.h"
@@ -23,14 +24,20 @@ enum vlm_qformat conv_linear_format(const struct conv_options *o) {
     switch (o->method) {
     case CONV_F32: return VLM_QF_F32;
     case CONV_F16: return o->float_fmt == VLM_QF_BF16 ? VLM_QF_BF16 : VLM_QF_F16;
-    case CONV_RTN: return o->abits == 8 ? VLM_QF_W4A8 : o->wbits == 3 ? VLM_QF_W3G128 : VLM_QF_W4G128;
+    case CONV_RTN:
+    case CONV_AWQ:
+    case CONV_MBQ: return o->abits == 8 ? VLM_QF_W4A8 : o->wbits == 3 ? VLM_QF_W3G128 : VLM_QF_W4G128;
+    case CONV_SMOOTHQUANT: return VLM_QF_W4A8;
     }
     return VLM_QF_F32;
 }
 
 static const char *method_name(enum conv_method m) {
-    return m == CONV_F32 ? "f32" : m == CONV_F16 ? "fp16" : "rtn";
+    static const char *const names[] = {"f32", "fp16", "rtn", "awq", "smoothquant", "mbq"};
+    return (unsigned)m < sizeof names / sizeof *names ? names[m] : "?";
 }
+
+static bool calibrated(enum conv_method m) { return m == CONV_AWQ || m == CONV_SMOOTHQUANT || m == CONV_MBQ; }
 
 /* A JSON file of the checkpoint, parsed (NULL with *st = VLM_OK when optional and absent). */
 static cJSON *read_json(const char *dir, const char *name, bool required, enum vlm_status *st) {
@@ -97,7 +104,7 @@ struct err_acc {
 enum vlm_status conv_run(const struct conv_options *o) {
     enum vlm_status st;
     struct vlm_model *m = NULL;
-    cJSON *cfg = NULL, *pre = NULL, *gen = NULL, *meta = NULL;
+    cJSON *cfg = NULL, *pre = NULL, *gen = NULL, *meta = NULL, *report = NULL;
     char *tok = NULL;
     size_t tok_len = 0;
     const char *tok_kind = NULL;
@@ -124,6 +131,23 @@ enum vlm_status conv_run(const struct conv_options *o) {
     gen = read_json(o->model_dir, "generation_config.json", false, &st);
     if (st != VLM_OK) goto fail;
     if ((st = vlm_model_load(o->model_dir, &m)) != VLM_OK) goto fail;
+    if (calibrated(o->method)) {
+        struct vlm_tokenizer *tk = NULL;
+        if (!o->calib_path) {
+            vlm_log_error("--method %s needs calibration data (--calib DATA.json)", method_name(o->method));
+            st = VLM_ERR_ARG;
+            goto fail;
+        }
+        if ((st = tok_load(o->model_dir, &tk)) != VLM_OK) goto fail;
+        const struct conv_calib_opts co = {
+            .method = o->method == CONV_AWQ ? CONV_CAL_AWQ : o->method == CONV_MBQ ? CONV_CAL_MBQ : CONV_CAL_SMOOTHQUANT,
+            .format = conv_linear_format(o), .calib_path = o->calib_path, .n_samples = o->n_samples, .seed = o->seed,
+            .progress = !o->quiet};
+        report = cJSON_CreateObject();
+        st = report ? conv_calibrate(m, tk, &co, report) : VLM_ERR_OOM;
+        tok_free(tk);
+        if (st != VLM_OK) goto fail;
+    }
 
     const bool with_head = !m->lm_head_tied || o->head_fmt != o->embed_fmt;
     const int64_t cap = mbq_slots_cap(&m->config);
@@ -178,11 +202,13 @@ enum vlm_status conv_run(const struct conv_options *o) {
     cJSON_AddItemToObject(meta, "quant", q);
     cJSON_AddStringToObject(q, "method", method_name(o->method));
     cJSON_AddStringToObject(q, "linear_format", vlm_qformat_name(conv_linear_format(o)));
-    if (o->method == CONV_RTN) {
-        cJSON_AddNumberToObject(q, "wbits", o->abits == 8 ? 4 : o->wbits);
-        cJSON_AddNumberToObject(q, "abits", o->abits);
-        cJSON_AddNumberToObject(q, "group", o->abits == 8 ? -1 : o->group); /* W4A8 weights are per channel */
+    if (o->method != CONV_F32 && o->method != CONV_F16) {
+        const bool a8 = conv_linear_format(o) == VLM_QF_W4A8;
+        cJSON_AddNumberToObject(q, "wbits", a8 ? 4 : o->wbits);
+        cJSON_AddNumberToObject(q, "abits", a8 ? 8 : 16);
+        cJSON_AddNumberToObject(q, "group", a8 ? -1 : o->group); /* W4A8 weights are per channel */
     }
+    if (report) cJSON_AddItemToObject(q, "calibration", report), report = NULL;
     cJSON_AddStringToObject(q, "embed_format", vlm_qformat_name(o->embed_fmt));
     cJSON_AddStringToObject(q, "head_format", vlm_qformat_name(with_head ? o->head_fmt : o->embed_fmt));
     cJSON_AddStringToObject(q, "float_format", vlm_qformat_name(o->float_fmt));
@@ -261,6 +287,7 @@ fail:
     free(slots);
     free(decls);
     cJSON_Delete(meta);
+    cJSON_Delete(report);
     cJSON_Delete(cfg);
     cJSON_Delete(pre);
     cJSON_Delete(gen);

@@ -19,6 +19,17 @@ static void usage(FILE *f) {
           "                   fp16: no quantization, 16-bit floats (see --dtype)\n"
           "                   rtn: round-to-nearest quantization of the decoder linears (q, k, v, o, gate, up,\n"
           "                   down), no calibration (default)\n"
+          "                   awq: per-channel scales searched on calibration data (20 alphas per group, L1 error\n"
+          "                   of the block output over all tokens), folded into the model, then quantized\n"
+          "                   mbq: as awq, but the error on vision tokens is weighted by each layer's ratio of\n"
+          "                   gradient magnitudes (vision / answer tokens) from one backward pass per sample\n"
+          "                   smoothquant: fixed alpha 0.5 scales from activation and weight maxima (W4A8)\n"
+          "  --calib FILE     calibration data for awq / mbq / smoothquant: a JSON list of {\"image\": path\n"
+          "                   relative to FILE, \"conversations\": [{\"from\": \"human\", \"value\": \"<image>\\n...\"},\n"
+          "                   {\"from\": \"gpt\", \"value\": \"...\"}]} (ShareGPT4V / LLaVA form); the model\n"
+          "                   directory must hold its tokenizer\n"
+          "  --n-samples N    calibration samples drawn from FILE (default 128; fewer available is an error)\n"
+          "  --seed S         the draw's seed (default 42): the same seed gives the same file\n"
           "  --wbits B        3 or 4: weight bits of rtn (default 4); asymmetric, one fp16 scale and integer zero\n"
           "                   per group of --group input columns\n"
           "  --abits A        16 (default) or 8: with 8, W4A8 — 4-bit symmetric per-output-channel weights and 8-bit\n"
@@ -63,7 +74,7 @@ static enum vlm_qformat auto_dtype(const char *dir) {
 
 int main(int argc, char **argv) {
     vlm_log_set_prog("vlmconvert");
-    struct conv_options o = {.method = CONV_RTN, .wbits = 4, .abits = 16, .group = 128};
+    struct conv_options o = {.method = CONV_RTN, .wbits = 4, .abits = 16, .group = 128, .n_samples = 128, .seed = 42};
     const char *dtype = "auto", *embed = NULL, *head = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -82,11 +93,25 @@ int main(int argc, char **argv) {
             if (strcmp(m, "f32") == 0) o.method = CONV_F32;
             else if (strcmp(m, "fp16") == 0 || strcmp(m, "f16") == 0) o.method = CONV_F16;
             else if (strcmp(m, "rtn") == 0) o.method = CONV_RTN;
+            else if (strcmp(m, "awq") == 0) o.method = CONV_AWQ;
+            else if (strcmp(m, "mbq") == 0) o.method = CONV_MBQ;
+            else if (strcmp(m, "smoothquant") == 0) o.method = CONV_SMOOTHQUANT;
             else {
-                fprintf(stderr, "vlmconvert: --method %s: expected f32, fp16 or rtn (awq, smoothquant and mbq come "
-                                "with the calibration issue)\n", m);
+                fprintf(stderr, "vlmconvert: --method %s: expected f32, fp16, rtn, awq, smoothquant or mbq\n", m);
                 return 2;
             }
+        } else if (has_val && strcmp(a, "--calib") == 0) {
+            o.calib_path = argv[++i];
+        } else if (has_val && (strcmp(a, "--n-samples") == 0 || strcmp(a, "--seed") == 0)) {
+            char *end;
+            long long v = strtoll(argv[++i], &end, 10);
+            if (*end || end == argv[i] || v < (strcmp(a, "--seed") == 0 ? 0 : 1)) {
+                fprintf(stderr, "vlmconvert: %s %s: expected a %s integer\n", a, argv[i],
+                        strcmp(a, "--seed") == 0 ? "non-negative" : "positive");
+                return 2;
+            }
+            if (strcmp(a, "--seed") == 0) o.seed = (uint64_t)v;
+            else o.n_samples = v;
         } else if (has_val && (strcmp(a, "--wbits") == 0 || strcmp(a, "--abits") == 0 ||
                                strcmp(a, "--group") == 0)) {
             char *end;
@@ -123,6 +148,15 @@ int main(int argc, char **argv) {
     }
     if (o.abits == 8 && o.wbits != 4) {
         fprintf(stderr, "vlmconvert: --abits 8 is W4A8: it needs --wbits 4\n");
+        return 2;
+    }
+    if ((o.method == CONV_AWQ || o.method == CONV_MBQ || o.method == CONV_SMOOTHQUANT) != (o.calib_path != NULL)) {
+        fprintf(stderr, "vlmconvert: %s\n", o.calib_path ? "--calib is only for --method awq, mbq or smoothquant"
+                                                          : "--method awq, mbq and smoothquant need --calib FILE");
+        return 2;
+    }
+    if (o.method == CONV_SMOOTHQUANT && (o.abits != 8 || o.wbits != 4)) {
+        fprintf(stderr, "vlmconvert: --method smoothquant is a W4A8 method: use --wbits 4 --abits 8\n");
         return 2;
     }
     if (strcmp(dtype, "auto") == 0) o.float_fmt = auto_dtype(o.model_dir);

@@ -298,3 +298,42 @@ void conv_fold_group(struct vlm_model *m, int64_t layer, enum conv_group g, cons
         return;
     }
 }
+
+enum vlm_status conv_layer_forward(const struct conv_layer_batch *b, float *out) {
+    const struct vlm_text_config *tc = &b->m->config.text;
+    const int64_t T = b->T, d = tc->hidden_size, f = tc->intermediate_size;
+    struct work w;
+    enum vlm_status st = work_init(b, &w); /* w.out = h_mid, w.x3 = silu(gate) * up */
+    if (st != VLM_OK) return st;
+    st = lin(b->m, out, w.x3, b->m->w.layers[b->layer].down_w, NULL, T, d, f);
+    if (st == VLM_OK)
+        for (int64_t i = 0; i < T * d; i++) out[i] += w.out[i];
+    work_free(&w);
+    return st;
+}
+
+enum vlm_status conv_smooth_group(const struct conv_layer_batch *b, enum conv_group g, float alpha, float *s) {
+    const struct vlm_text_config *tc = &b->m->config.text;
+    const struct qwen2_layer_weights *L = &b->m->w.layers[b->layer];
+    const int64_t T = b->T, d = tc->hidden_size, f = tc->intermediate_size;
+    const int64_t qd = tc->n_heads * tc->head_dim, kvd = tc->n_kv_heads * tc->head_dim;
+    if (g == CONV_GROUP_DOWN) return VLM_ERR_ARG; /* SmoothQuant migrates only norm -> linear (mbq.md §8) */
+    struct work w;
+    enum vlm_status st = work_init(b, &w);
+    if (st != VLM_OK) return st;
+    const float *x = g == CONV_GROUP_QKV ? w.x1 : w.x2;
+    const float *ws[3] = {g == CONV_GROUP_QKV ? L->q_w : L->gate_w, g == CONV_GROUP_QKV ? L->k_w : L->up_w,
+                          g == CONV_GROUP_QKV ? L->v_w : NULL};
+    const int64_t ns[3] = {g == CONV_GROUP_QKV ? qd : f, g == CONV_GROUP_QKV ? kvd : f, kvd};
+    for (int64_t j = 0; j < d; j++) {
+        float xm = 0, wm = 0;
+        for (int64_t t = 0; t < T; t++) xm = fmaxf(xm, fabsf(x[t * d + j]));
+        for (int i = 0; i < 3; i++)
+            for (int64_t r = 0; ws[i] && r < ns[i]; r++) wm = fmaxf(wm, fabsf(ws[i][r * d + j]));
+        xm = xm > 1e-5f ? xm : 1e-5f;
+        wm = wm > 1e-5f ? wm : 1e-5f;
+        s[j] = powf(xm, alpha) / powf(wm, 1.0f - alpha);
+    }
+    work_free(&w);
+    return VLM_OK;
+}

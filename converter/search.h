@@ -59,6 +59,13 @@ enum vlm_status conv_search_group(const struct conv_layer_batch *b, enum conv_gr
 enum vlm_status conv_group_loss(const struct conv_layer_batch *b, enum conv_group g, enum vlm_qformat f, double r,
                                 const float *s, double *loss);
 
+/* out (T, d) = the layer's float output on the batch (the next layer's input). */
+enum vlm_status conv_layer_forward(const struct conv_layer_batch *b, float *out);
+
+/* SmoothQuant's fixed migration scales for a norm -> linears group (QKV or GATE_UP; mbq.md §8):
+ * s_j = max_t |x_tj|^alpha / max_{rows of the group's linears} |W_rj|^(1 - alpha), both clamped >= 1e-5. */
+enum vlm_status conv_smooth_group(const struct conv_layer_batch *b, enum conv_group g, float alpha, float *s);
+
 /* Folds the group's scales into the float weights of m's layer (exact in float, mbq.md §6.1): QKV: input_layernorm
  * γ /= s, q/k/v columns *= s; GATE_UP: post_attention_layernorm γ /= s, gate/up columns *= s; DOWN: up rows /= s,
  * down columns *= s. m's float weights must be writable (the converter owns its loaded model). */

@@ -229,8 +229,9 @@ static enum vlm_status check_tokenizer_fits(const struct vlm_tokenizer *t, const
         return VLM_ERR_ARG;
     }
     if (img >= 0 && img != m->config.image_token_index) {
-        vlm_log_error("tokenizer's <image> is id %lld but %s/config.json has image_token_index %lld: the tokenizer "
-                      "does not belong to this model", (long long)img, m->dir, (long long)m->config.image_token_index);
+        vlm_log_error("tokenizer's <image> is id %lld but %s%s has image_token_index %lld: the tokenizer does not "
+                      "belong to this model", (long long)img, m->dir, m->mbq ? " (its config)" : "/config.json",
+                      (long long)m->config.image_token_index);
         return VLM_ERR_ARG;
     }
     return VLM_OK;

@@ -48,6 +48,8 @@ const char *test_tmpdir(void);
 /* The path of a file called name in a fresh temporary directory (same lifetime as test_tmpdir). */
 const char *test_tmp_path(const char *name);
 
+/* The whole file at path (malloc'd, NUL-terminated) and its length in *len; NULL when it cannot be read. */
+char *test_read_file(const char *path, size_t *len);
 /* Writes n bytes to path (creating or truncating it); records a failure when it cannot. */
 void test_write_file(const char *path, const void *data, size_t n);
 /* CRC-32 as PNG and zlib define it (polynomial 0xEDB88320), for tests that craft PNG chunks. */

@@ -329,3 +329,16 @@ const char *test_qwen2_tokenizer_path(void) {
     snprintf(path, sizeof path, "%s", dst);
     return path;
 }
+
+char *test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *b = NULL;
+    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (b = malloc((size_t)n + 1))) {
+        *len = fread(b, 1, (size_t)n, f);
+        b[*len] = 0;
+    }
+    fclose(f);
+    return b;
+}

@@ -227,17 +227,6 @@ TEST(mbq_quantized_fast_kernels_match_reference_kernels) {
     vlm_model_free(hf);
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    *len = fread(b, 1, (size_t)n, f);
-    fclose(f);
-    return b;
-}
 
 TEST(mbq_conversion_is_deterministic_and_carries_the_tokenizer) {
     /* a checkpoint directory with a tokenizer: tiny_q's files plus the SentencePiece fixture */
@@ -256,7 +245,7 @@ TEST(mbq_conversion_is_deterministic_and_carries_the_tokenizer) {
     test_capture_end(NULL, 0);
     if (!CHECK(ok)) return;
     size_t la = 0, lb = 0;
-    char *a = slurp(o.out_path, &la), *b = slurp(o2.out_path, &lb);
+    char *a = test_read_file(o.out_path, &la), *b = test_read_file(o2.out_path, &lb);
     CHECK(a && b && la == lb && memcmp(a, b, la) == 0);
     free(a);
     free(b);
@@ -317,7 +306,7 @@ TEST(mbq_converter_failures_leave_no_file) {
     CHECK(conv_run(&o) == VLM_ERR_UNSUPPORTED);
     test_capture_end(NULL, 0);
     size_t n = 0;
-    char *b = slurp(keep, &n);
+    char *b = test_read_file(keep, &n);
     CHECK(b && n == 8 && memcmp(b, "precious", 8) == 0);
     free(b);
 }
@@ -407,7 +396,7 @@ TEST(mbq_cli_vlmrun_and_vlmeval) {
              test_path("tests/data/images/unpad_70x150.png"), PROMPT, out_b);
     CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
     size_t na = 0, nb = 0;
-    char *a = slurp(out_a, &na), *b = slurp(out_b, &nb);
+    char *a = test_read_file(out_a, &na), *b = test_read_file(out_b, &nb);
     CHECK(a && b && na > 10 && na == nb && memcmp(a, b, na) == 0);
     free(a);
     free(b);
