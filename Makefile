@@ -149,11 +149,14 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libvlm.a $(wildcard tools/*.h)
 bench: $(BENCH_BIN) ## run every benchmark (tools/bench_*.c); results go to stdout and bench/
 	@for b in $(BENCH_BIN); do echo "  BENCH $$b"; $$b || exit 1; done
 
+eval: $(VLMCONV) $(VLMEVAL) ## quantize with every method and compare to FP32 (vlmeval); writes bench/eval.md
+	BUILD=$(BUILD) tools/eval.sh
+
 fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requirements.txt)
 	python3 tools/make_fixtures.py
 
 clean: ## remove build outputs
 	rm -rf build build-san build-fuzz
 
-.PHONY: all test cuda-objs fuzz bench fixtures clean
+.PHONY: all test cuda-objs fuzz bench eval fixtures clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
