@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/pool.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
 #include "runtime/util.h"
@@ -36,20 +37,36 @@ void conv_scales(const float *stat, int64_t k, float alpha, float *s) {
     for (int64_t j = 0; j < k; j++) s[j] /= norm;
 }
 
-void conv_quant_scaled(enum vlm_qformat f, const float *w, int64_t n, int64_t k, const float *s, float *out) {
+/* Rows are independent in every format (groups run along k), so the candidate is built in row blocks across the
+ * pool: identical bytes to one vlm_quantize_ref call over the whole matrix. */
+struct qs_job {
+    enum vlm_qformat f;
+    const float *w, *s;
+    int64_t k;
+    float *out;
+};
+
+static void qs_range(void *ctx, int64_t r0, int64_t r1) {
+    const struct qs_job *j = ctx;
+    const int64_t n = r1 - r0, k = j->k;
     struct vlm_qlayout L;
-    VLM_ASSERT(vlm_qlayout(f, n, k, &L, NULL));
+    VLM_ASSERT(vlm_qlayout(j->f, n, k, &L, NULL));
     float *ws = vlm_alloc_array((size_t)n, (size_t)k * sizeof(float), "scaled weights");
     unsigned char *blob = aligned_alloc(VLM_QALIGN, (L.total_bytes + VLM_QALIGN) / VLM_QALIGN * VLM_QALIGN);
-    VLM_ASSERT(ws && blob);
+    VLM_ASSERT(ws && blob); /* the search's working set is far larger than these; it cannot fail gracefully here */
     for (int64_t r = 0; r < n; r++)
-        for (int64_t j = 0; j < k; j++) ws[r * k + j] = s ? w[r * k + j] * s[j] : w[r * k + j];
-    vlm_quantize_ref(f, ws, n, k, blob);
+        for (int64_t c = 0; c < k; c++) ws[r * k + c] = j->s ? j->w[(r0 + r) * k + c] * j->s[c] : j->w[(r0 + r) * k + c];
+    vlm_quantize_ref(j->f, ws, n, k, blob);
     struct vlm_qmat m;
-    VLM_ASSERT(vlm_qmat_view(f, n, k, blob, L.total_bytes, &m, NULL));
-    for (int64_t r = 0; r < n; r++) vlm_dequantize_row_ref(&m, r, out + r * k);
+    VLM_ASSERT(vlm_qmat_view(j->f, n, k, blob, L.total_bytes, &m, NULL));
+    for (int64_t r = 0; r < n; r++) vlm_dequantize_row_ref(&m, r, j->out + (r0 + r) * k);
     free(blob);
     free(ws);
+}
+
+void conv_quant_scaled(enum vlm_qformat f, const float *w, int64_t n, int64_t k, const float *s, float *out) {
+    struct qs_job j = {f, w, s, k, out};
+    vlm_pool_for(vlm_pool_default(), n, 1 + 65536 / k, qs_range, &j);
 }
 
 double conv_loss(const float *o, const float *ohat, int64_t T, int64_t C, const uint8_t *vis, const uint8_t *ans,
