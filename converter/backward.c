@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "kernels/cpu/pool.h"
+#include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
 #include "runtime/util.h"
 
@@ -77,6 +78,41 @@ static void lin_bwd(float *dx, const float *dy, const float *w, int64_t M, int64
     struct lin_bwd_job j = {dx, dy, w, N, K, (K + LB_COLS - 1) / LB_COLS, accumulate};
     vlm_pool_for(vlm_pool_default(), M * j.n_blk, 1 + 16384 / (N * LB_COLS > 0 ? N * LB_COLS : 1), lin_bwd_range,
                  &j);
+}
+
+/* ---- the GEMMs on the fast f32 kernels when the model has a kernel context (every loaded model does): the
+ * calibration's cost is almost all GEMM. Forward: y = x·Wᵀ + b. Backward: dx (+)= dy·W, as one GEMM against Wᵀ
+ * (a transposed copy, built per call: a layer's weights are small next to the GEMM's work at calibration lengths).
+ * Without a context (or if a scratch allocation fails) the double-precision loops above/below are used. */
+static void fwd_lin(const struct vlm_model *m, float *y, const float *x, const float *w, const float *b, int64_t M,
+                    int64_t N, int64_t K) {
+    if (m->qctx) {
+        const struct vlm_qmat v = {.fmt = VLM_QF_F32, .n = N, .k = K, .codes = w};
+        if (cpu_qlinear(m->qctx, y, x, &v, b, M) == VLM_OK) return;
+    }
+    cpu_linear_ref(y, x, w, b, M, N, K);
+}
+
+static void lin_bwd_fast(const struct vlm_model *m, float *dx, const float *dy, const float *w, int64_t M, int64_t N,
+                         int64_t K, int accumulate) {
+    float *wt = m->qctx ? malloc((size_t)N * (size_t)K * sizeof(float)) : NULL;
+    float *tmp = wt && accumulate ? malloc((size_t)M * (size_t)K * sizeof(float)) : NULL;
+    if (!wt || (accumulate && !tmp)) {
+        free(wt);
+        free(tmp);
+        lin_bwd(dx, dy, w, M, N, K, accumulate);
+        return;
+    }
+    for (int64_t o = 0; o < N; o++)
+        for (int64_t k = 0; k < K; k++) wt[k * N + o] = w[o * K + k];
+    const struct vlm_qmat v = {.fmt = VLM_QF_F32, .n = K, .k = N, .codes = wt};
+    if (cpu_qlinear(m->qctx, accumulate ? tmp : dx, dy, &v, NULL, M) != VLM_OK) {
+        lin_bwd(dx, dy, w, M, N, K, accumulate);
+    } else if (accumulate) {
+        for (int64_t i = 0; i < M * K; i++) dx[i] += tmp[i];
+    }
+    free(wt);
+    free(tmp);
 }
 
 /* ---- RMSNorm backward, accumulated into dx: y = g ⊙ x·s, s = 1/sqrt(mean(x²) + eps), so with r = dy ⊙ g,
@@ -217,20 +253,20 @@ static void layer_forward(const struct vlm_model *m, int64_t l, const float *x, 
     const int64_t d = tc->hidden_size, f = tc->intermediate_size, nh = tc->n_heads, nkv = tc->n_kv_heads,
                   hd = tc->head_dim, qd = nh * hd, kvd = nkv * hd;
     cpu_rmsnorm_ref(b->a, x, W->attn_norm, n, d, tc->rms_norm_eps);
-    cpu_linear_ref(b->q, b->a, W->q_w, W->q_b, n, qd, d);
-    cpu_linear_ref(b->k, b->a, W->k_w, W->k_b, n, kvd, d);
-    cpu_linear_ref(b->v, b->a, W->v_w, W->v_b, n, kvd, d);
+    fwd_lin(m, b->q, b->a, W->q_w, W->q_b, n, qd, d);
+    fwd_lin(m, b->k, b->a, W->k_w, W->k_b, n, kvd, d);
+    fwd_lin(m, b->v, b->a, W->v_w, W->v_b, n, kvd, d);
     cpu_rope_neox_ref(b->q, n, nh, hd, 0, tc->rope_theta);
     cpu_rope_neox_ref(b->k, n, nkv, hd, 0, tc->rope_theta);
-    cpu_attention_ref(b->att, b->q, b->k, b->v, n, n, nh, nkv, hd, kvd, 0, 1, b->scores);
-    cpu_linear_ref(b->hmid, b->att, W->o_w, NULL, n, d, qd);
+    cpu_attention(b->att, b->q, b->k, b->v, n, n, nh, nkv, hd, kvd, 0, 1, b->scores);
+    fwd_lin(m, b->hmid, b->att, W->o_w, NULL, n, d, qd);
     for (int64_t i = 0; i < n * d; i++) b->hmid[i] += x[i];
     cpu_rmsnorm_ref(b->a, b->hmid, W->mlp_norm, n, d, tc->rms_norm_eps);
-    cpu_linear_ref(b->gate, b->a, W->gate_w, NULL, n, f, d);
-    cpu_linear_ref(b->up, b->a, W->up_w, NULL, n, f, d);
+    fwd_lin(m, b->gate, b->a, W->gate_w, NULL, n, f, d);
+    fwd_lin(m, b->up, b->a, W->up_w, NULL, n, f, d);
     if (h_out) {
         cpu_swiglu_ref(b->gate, b->up, n * f);
-        cpu_linear_ref(h_out, b->gate, W->down_w, NULL, n, d, f);
+        fwd_lin(m, h_out, b->gate, W->down_w, NULL, n, d, f);
         for (int64_t i = 0; i < n * d; i++) h_out[i] += b->hmid[i];
     }
 }
@@ -341,7 +377,7 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
             if (ans[t + 1]) rows[nr++] = t;
             if (nr == 0 || (nr < HEAD_CHUNK && t + 2 < n)) continue;
             for (int64_t r = 0; r < nr; r++) memcpy(xin + r * d, a + rows[r] * d, (size_t)d * sizeof(float));
-            cpu_linear_ref(logits, xin, m->w.lm_head, NULL, nr, V, d);
+            fwd_lin(m, logits, xin, m->w.lm_head, NULL, nr, V, d);
             for (int64_t r = 0; r < nr; r++) {
                 float *lr = logits + r * V;
                 const int64_t tgt = ids[rows[r] + 1];
@@ -370,14 +406,14 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
         if (g_mlp) memcpy(g_mlp + l * nd, gh, (size_t)nd * sizeof(float));
         layer_forward(m, l, x, n, &lb, NULL);
         /* MLP: dact = gh · W_down; act = silu(g)·u, silu' = σ(g)(1 + g(1 − σ(g))); gate/up become their grads */
-        lin_bwd(dact, gh, W->down_w, n, d, f, 0);
+        lin_bwd_fast(m, dact, gh, W->down_w, n, d, f, 0);
         for (int64_t i = 0; i < nf; i++) {
             const double g = gate[i], u = up[i], sg = 1.0 / (1.0 + exp(-g));
             gate[i] = (float)(dact[i] * u * sg * (1.0 + g * (1.0 - sg)));
             up[i] = (float)(dact[i] * g * sg);
         }
-        lin_bwd(a, gate, W->gate_w, n, f, d, 0);
-        lin_bwd(a, up, W->up_w, n, f, d, 1);
+        lin_bwd_fast(m, a, gate, W->gate_w, n, f, d, 0);
+        lin_bwd_fast(m, a, up, W->up_w, n, f, d, 1);
         memcpy(dmid, gh, (size_t)nd * sizeof(float));
         rms_bwd(dmid, hmid, W->mlp_norm, a, n, d, tc->rms_norm_eps);
         /* dmid = G_attn(l) = ∂L/∂h_mid(l) */
@@ -385,7 +421,7 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
         s.ans_attn[l] = masked_abs_sum(dmid, ans, n, d);
         if (g_attn) memcpy(g_attn + l * nd, dmid, (size_t)nd * sizeof(float));
         /* attention: dO = dmid · W_o (into att), then the softmax attention backward, RoPE adjoint, q/k/v */
-        lin_bwd(att, dmid, W->o_w, n, d, qd, 0);
+        lin_bwd_fast(m, att, dmid, W->o_w, n, d, qd, 0);
         memset(dkd, 0, (size_t)(n * kvd) * sizeof(double));
         memset(dvd, 0, (size_t)(n * kvd) * sizeof(double));
         struct attn_bwd_job aj = {dq, dkd, dvd, q, k, v, att, ascr, n, nh, nkv, hd};
@@ -393,9 +429,9 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
         for (int64_t i = 0; i < n * kvd; i++) dk[i] = (float)dkd[i], dv[i] = (float)dvd[i];
         rope_bwd(dq, n, nh, hd, tc->rope_theta);
         rope_bwd(dk, n, nkv, hd, tc->rope_theta);
-        lin_bwd(a, dq, W->q_w, n, qd, d, 0);
-        lin_bwd(a, dk, W->k_w, n, kvd, d, 1);
-        lin_bwd(a, dv, W->v_w, n, kvd, d, 1);
+        lin_bwd_fast(m, a, dq, W->q_w, n, qd, d, 0);
+        lin_bwd_fast(m, a, dk, W->k_w, n, kvd, d, 1);
+        lin_bwd_fast(m, a, dv, W->v_w, n, kvd, d, 1);
         memcpy(gh, dmid, (size_t)nd * sizeof(float));
         rms_bwd(gh, x, W->attn_norm, a, n, d, tc->rms_norm_eps);
     }
