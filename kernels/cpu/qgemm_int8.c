@@ -42,12 +42,13 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/int8_common.h"
 #include "kernels/cpu/qgemm_internal.h"
 #include "kernels/cpu/qgemv_int8.h"
 #include "runtime/util.h"
 
 #define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define TGT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
+#define TGT_AVX512 INT8_TGT_AVX512
 #define INLINE static inline __attribute__((always_inline))
 
 enum {
@@ -58,30 +59,6 @@ enum {
 /* ---------------------------------------------------------------------------------------------------------------
  * scratch layout
  * ------------------------------------------------------------------------------------------------------------- */
-
-struct a8_layout {
-    size_t codes_off, d_off, sum_off, total;
-    int64_t G, Gp; /* groups per token row, and the padded row length of the d / Σa tables */
-};
-
-static bool is_g128(enum vlm_qformat f) { return f == VLM_QF_W3G128 || f == VLM_QF_W4G128; }
-
-static size_t round64(size_t x) { return (x + 63) / 64 * 64; }
-
-static bool a8_layout(enum vlm_qformat f, int64_t M, int64_t k, struct a8_layout *L) {
-    if (M < 1 || k < VLM_QGROUP || k % VLM_QGROUP) return false;
-    L->G = k / VLM_QGROUP;
-    L->Gp = is_g128(f) ? (L->G + 15) / 16 * 16 : 1;
-    size_t codes, tab;
-    if (!vlm_size_mul((size_t)M, (size_t)k, &codes) || codes > SIZE_MAX / 2) return false;
-    if (!vlm_size_mul((size_t)M, (size_t)L->Gp * 4, &tab) || tab > SIZE_MAX / 4) return false;
-    L->codes_off = 0;
-    L->d_off = round64(codes);
-    L->sum_off = L->d_off + round64(tab);
-    if (L->sum_off > SIZE_MAX / 2) return false;
-    L->total = L->sum_off + round64(tab);
-    return true;
-}
 
 size_t cpu_int8_scratch_bytes(enum vlm_qformat f, int64_t M, int64_t k) {
     struct a8_layout L;
@@ -355,31 +332,6 @@ static void rows_scalar(const struct rows_args *A, enum vlm_qformat f, int64_t r
 /* ---------------------------------------------------------------------------------------------------------------
  * AVX-512 VNNI
  * ------------------------------------------------------------------------------------------------------------- */
-
-/* W3 block → two vectors of u8 codes, 8 instructions. c0 = columns 0..31 | 4 × columns 32..63, c1 = columns 64..95 |
- * 4 × columns 96..127: the lo plane broadcast to both halves and masked with 0x03 | 0x0C needs no per-half shift; the
- * upper 256 bits then carry codes times 4 (<= 28, still a u8), which the caller undoes by scaling the upper half of its
- * f32 accumulators by 1/4 once per row (exact: a power of two). The hi plane is two ready byte masks (quant.h) that
- * select 4 (lower half) or 16 (upper half), merged with one vpternlog (B ? A : C). */
-INLINE TGT_AVX512 void unpack_w3_512(const uint8_t *blk, __m512i *c0, __m512i *c1) {
-    const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8(0x03), _mm256_set1_epi8(0x0c), 1);
-    const __m512i hib = _mm512_inserti64x4(_mm512_set1_epi8(0x04), _mm256_set1_epi8(0x10), 1);
-    __m512i lo = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
-    uint64_t h0, h1;
-    memcpy(&h0, blk + 32, 8);
-    memcpy(&h1, blk + 40, 8);
-    __m512i m0 = _mm512_maskz_mov_epi8(_cvtu64_mask64(h0), hib), m1 = _mm512_maskz_mov_epi8(_cvtu64_mask64(h1), hib);
-    /* C ? B : A with A = the hi-bit vector (dead afterwards: no register copy), B = the lo plane, C = sel */
-    *c0 = _mm512_ternarylogic_epi32(m0, lo, sel, 0xD8);
-    *c1 = _mm512_ternarylogic_epi32(m1, _mm512_srli_epi64(lo, 4), sel, 0xD8);
-}
-
-INLINE TGT_AVX512 void unpack_w4_512(const uint8_t *blk, __m512i *c0, __m512i *c1) {
-    const __m512i m15 = _mm512_set1_epi8(15);
-    __m512i v = _mm512_loadu_si512(blk);
-    *c0 = _mm512_and_si512(v, m15);
-    *c1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
-}
 
 /* Rows [r, r+R) × tokens [t0, t0+T) of a W3G128/W4G128 matrix. R, T, W3 are constants after inlining. */
 INLINE TGT_AVX512 void g128_tile_512(const struct rows_args *A, const int W3, int64_t r, const int R, int64_t t0,

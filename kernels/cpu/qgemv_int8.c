@@ -10,7 +10,7 @@
  *     result differs from cpu_qlinear_a8_ref only in the f32 rounding/summation order of the per-group terms
  *     (NMSE <= 1e-10 in the tests).
  *   - Only y[t·n + r] for t < M and r in [r0, r1) is written; the scratch is read exactly as cpu_int8_prepare lays it
- *     out (gemv_layout below computes the offsets with the same expressions as a8_layout in qgemm_int8.c).
+ *     out (the layout of int8_common.h, shared with qgemm_int8.c).
  *
  * Shape of the kernel (per token t; T = M tokens share every unpacked code block):
  *   - Rows are walked one at a time, in order, so the code plane of [r0, r1) is ONE sequential stream (measured on
@@ -25,7 +25,7 @@
  *     per-group FMAs read as {1to16} broadcasts (loads are cheap; shuffles are not).
  *   - Each row leaves a 16-lane partial vector per token; every 16 rows are finished together by one 16×16
  *     transpose-reduce (45 vector ops, ~3 per row instead of ~8 for a per-row horizontal sum), then bias and ONE
- *     masked 16-float store per token. The W3 "codes × 4 in the upper 256 bits" trick (see unpack_w3) is undone for
+ *     masked 16-float store per token. The W3 "codes × 4 in the upper 256 bits" trick (see unpack_w3_512 in int8_common.h) is undone for
  *     free inside the first reduce level (an FMA by 0.25 instead of an add; exact: a power of two).
  *   - W4A8: the same, with int32 accumulators over all of k and the epilogue on 16 rows at once.
  *   - Software prefetch PF_BYTES ahead on the code stream (one per code block), and on the scale/zero side streams
@@ -41,10 +41,11 @@
 
 #include <immintrin.h>
 
+#include "kernels/cpu/int8_common.h"
 #include "kernels/cpu/qgemv_int8.h"
 #include "runtime/util.h"
 
-#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq")))
+#define TGT INT8_TGT_AVX512
 #define INLINE static inline __attribute__((always_inline))
 
 /* Software prefetch of the code stream: 8 KB ahead (two 4 KB pages: the hardware L2 stream prefetcher stops at page
@@ -59,28 +60,6 @@
 #define QGEMV_PF_HINT _MM_HINT_T1
 #endif
 enum { PF_BYTES = QGEMV_PF_BYTES, BLOCK_ROWS = 16 };
-
-/* ---------------------------------------------------------------------------------------------------------------
- * scratch layout — the SAME computation as a8_layout() in kernels/cpu/qgemm_int8.c (codes int8 (M, k) | d f32 (M, Gp)
- * | Σa int32 (M, Gp), pieces rounded up to 64 bytes; Gp = G rounded up to 16 for W3/W4, 1 for W4A8). Keep in sync.
- * ------------------------------------------------------------------------------------------------------------- */
-
-struct gemv_layout {
-    size_t codes_off, d_off, sum_off;
-    int64_t G, Gp;
-};
-
-static size_t round64(size_t x) { return (x + 63) / 64 * 64; }
-
-static struct gemv_layout gemv_layout(enum vlm_qformat f, int64_t M, int64_t k) {
-    struct gemv_layout L;
-    L.G = k / VLM_QGROUP;
-    L.Gp = f == VLM_QF_W4A8 ? 1 : (L.G + 15) / 16 * 16;
-    L.codes_off = 0;
-    L.d_off = round64((size_t)M * (size_t)k);
-    L.sum_off = L.d_off + round64((size_t)M * (size_t)L.Gp * 4);
-    return L;
-}
 
 struct gemv_args {
     float *y;
@@ -99,30 +78,6 @@ struct gemv_args {
  * code unpacking (quant.h layouts)
  * ------------------------------------------------------------------------------------------------------------- */
 
-/* W3 block → c0 = columns 0..31 | 4 × columns 32..63, c1 = columns 64..95 | 4 × columns 96..127 (u8). The lo plane is
- * broadcast to both 256-bit halves and selected with 0x03 (lower half) / 0x0C (upper half) so no per-half shift is
- * needed; the upper half therefore carries codes × 4 (<= 28, still fine as a u8 operand), which the 16-row reduce
- * undoes by scaling lanes 8..15 by 1/4. The hi plane is two ready 64-bit byte masks (kmovq from memory) selecting 4
- * (lower half) or 16 (upper half), merged by one vpternlogd (C ? B : A). 8 instructions, 3 of them loads. */
-INLINE TGT void unpack_w3(const uint8_t *blk, __m512i *c0, __m512i *c1) {
-    const __m512i sel = _mm512_inserti64x4(_mm512_set1_epi8(0x03), _mm256_set1_epi8(0x0c), 1);
-    const __m512i hib = _mm512_inserti64x4(_mm512_set1_epi8(0x04), _mm256_set1_epi8(0x10), 1);
-    __m512i lo = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
-    uint64_t h0, h1;
-    memcpy(&h0, blk + 32, 8);
-    memcpy(&h1, blk + 40, 8);
-    __m512i m0 = _mm512_maskz_mov_epi8(_cvtu64_mask64(h0), hib), m1 = _mm512_maskz_mov_epi8(_cvtu64_mask64(h1), hib);
-    *c0 = _mm512_ternarylogic_epi32(m0, lo, sel, 0xD8);
-    *c1 = _mm512_ternarylogic_epi32(m1, _mm512_srli_epi64(lo, 4), sel, 0xD8);
-}
-
-/* W4 / W4A8 block → c0 = columns 0..63, c1 = columns 64..127 (u8). 4 instructions, 1 load. */
-INLINE TGT void unpack_w4(const uint8_t *blk, __m512i *c0, __m512i *c1) {
-    const __m512i m15 = _mm512_set1_epi8(15);
-    __m512i v = _mm512_loadu_si512(blk);
-    *c0 = _mm512_and_si512(v, m15);
-    *c1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
-}
 
 /* ---------------------------------------------------------------------------------------------------------------
  * 16 × 16 transpose-reduce: v[j] = the partial vector of row PERM(j); returns lane i = Σ of row i's 16 lanes (lanes
@@ -185,8 +140,8 @@ INLINE TGT void g128_group(const int W3, const int T, const uint8_t *blk, const 
                            const float (*sd)[16], int j, __m512 acc[4][2], const int u) {
     _mm_prefetch((const char *)(blk + PF_BYTES), QGEMV_PF_HINT);
     __m512i c0, c1;
-    if (W3) unpack_w3(blk, &c0, &c1);
-    else unpack_w4(blk, &c0, &c1);
+    if (W3) unpack_w3_512(blk, &c0, &c1);
+    else unpack_w4_512(blk, &c0, &c1);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c0, _mm512_load_si512(act[t] + off));
@@ -277,7 +232,7 @@ INLINE TGT void w4a8_group(const int T, const uint8_t *blk, const int8_t *const 
                            const int u) {
     _mm_prefetch((const char *)(blk + PF_BYTES), QGEMV_PF_HINT);
     __m512i c0, c1;
-    unpack_w4(blk, &c0, &c1);
+    unpack_w4_512(blk, &c0, &c1);
 #pragma GCC unroll 4
     for (int t = 0; t < T; t++) {
         acc[t][2 * u] = _mm512_dpbusd_epi32(acc[t][2 * u], c0, _mm512_load_si512(act[t] + off));
@@ -351,9 +306,9 @@ TGT static void gemv_dispatch(const struct gemv_args *A, enum vlm_qformat f, int
 void cpu_int8_gemv_avx512(float *y, const void *scratch, const struct vlm_qmat *w, const float *b, int64_t M,
                           int64_t r0, int64_t r1) {
     const enum vlm_qformat f = w->fmt;
-    VLM_ASSERT((f == VLM_QF_W3G128 || f == VLM_QF_W4G128 || f == VLM_QF_W4A8) && w->k >= VLM_QGROUP &&
-               w->k % VLM_QGROUP == 0 && M >= 1 && M <= 4 && 0 <= r0 && r0 <= r1 && r1 <= w->n);
-    const struct gemv_layout L = gemv_layout(f, M, w->k);
+    struct a8_layout L;
+    VLM_ASSERT((is_g128(f) || f == VLM_QF_W4A8) && a8_layout(f, M, w->k, &L) && M <= 4 && 0 <= r0 && r0 <= r1 &&
+               r1 <= w->n);
     const unsigned char *base = scratch;
     const struct gemv_args A = {
         .y = y, .b = b, .codes = w->codes,
