@@ -179,4 +179,36 @@ static void cpu_model(char *buf, size_t cap) {
 }
 
 
+/* Parses [--quick] [--out FILE]; without --out a full run writes default_out, a quick one writes nothing.
+ * Returns 0, or 2 after printing the usage line. */
+static int bench_args(int argc, char **argv, const char *name, const char *default_out, bool *quick,
+                      const char **out_path) {
+    *quick = false;
+    *out_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--quick") == 0) *quick = true;
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) *out_path = argv[++i];
+        else {
+            fprintf(stderr, "usage: %s [--quick] [--out FILE]\n", name);
+            return 2;
+        }
+    }
+    if (!*out_path && !*quick) *out_path = default_out;
+    return 0;
+}
+
+/* Writes everything out() printed to path (NULL: nothing). Returns 0, or 1 after a message naming the file. */
+static int bench_write_report(const char *name, const char *path) {
+    if (!path) return 0;
+    FILE *f = fopen(path, "w");
+    bool ok = f && fwrite(g_rep, 1, g_rep_len, f) == g_rep_len;
+    if (f && fclose(f) != 0) ok = false;
+    if (!ok) {
+        fprintf(stderr, "%s: cannot write %s\n", name, path);
+        return 1;
+    }
+    fprintf(stderr, "%s: wrote %s\n", name, path);
+    return 0;
+}
+
 #endif

@@ -143,17 +143,9 @@ static struct timing run(struct vlm_model *m, int64_t n_prompt, int n_steps) {
 }
 
 int main(int argc, char **argv) {
-    bool quick = false;
-    const char *out_path = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_path = argv[++i];
-        else {
-            fprintf(stderr, "usage: bench_decode [--quick] [--out FILE]\n");
-            return 2;
-        }
-    }
-    if (!out_path && !quick) out_path = VLM_SRC_DIR "/bench/decode.md";
+    bool quick;
+    const char *out_path;
+    if (bench_args(argc, argv, "bench_decode", VLM_SRC_DIR "/bench/decode.md", &quick, &out_path) != 0) return 2;
     struct vlm_config c05, c7;
     if (vlm_config_parse(VLM_SRC_DIR "/tests/data/configs/0.5b/config.json", &c05) != VLM_OK ||
         vlm_config_parse(VLM_SRC_DIR "/tests/data/configs/7b/config.json", &c7) != VLM_OK)
@@ -294,13 +286,5 @@ int main(int argc, char **argv) {
         free(m->qctx);
         free(m);
     }
-    if (out_path) {
-        FILE *f = fopen(out_path, "w");
-        if (!f || fwrite(g_rep, 1, g_rep_len, f) != g_rep_len || fclose(f) != 0) {
-            fprintf(stderr, "bench_decode: cannot write %s\n", out_path);
-            return 1;
-        }
-        fprintf(stderr, "bench_decode: wrote %s\n", out_path);
-    }
-    return 0;
+    return bench_write_report("bench_decode", out_path);
 }

@@ -94,17 +94,9 @@ struct shape {
 };
 
 int main(int argc, char **argv) {
-    bool quick = false;
-    const char *out_path = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc) out_path = argv[++i];
-        else {
-            fprintf(stderr, "usage: bench_gemv [--quick] [--out FILE]\n");
-            return 2;
-        }
-    }
-    if (!out_path && !quick) out_path = VLM_SRC_DIR "/bench/gemv.md";
+    bool quick;
+    const char *out_path;
+    if (bench_args(argc, argv, "bench_gemv", VLM_SRC_DIR "/bench/gemv.md", &quick, &out_path) != 0) return 2;
 
     struct vlm_pool *pools[2] = {vlm_pool_init(1), vlm_pool_init(2)};
     if (!pools[0] || !pools[1]) return 1;
@@ -228,18 +220,9 @@ int main(int argc, char **argv) {
     }
     out("\n");
 
-    if (out_path) {
-        FILE *f = fopen(out_path, "w");
-        if (!f || fwrite(g_rep, 1, g_rep_len, f) != g_rep_len) {
-            fprintf(stderr, "bench_gemv: cannot write %s\n", out_path);
-            if (f) fclose(f);
-            return 1;
-        }
-        fclose(f);
-        fprintf(stderr, "bench_gemv: wrote %s\n", out_path);
-    }
+    int rc = bench_write_report("bench_gemv", out_path);
     free(g_rep);
     vlm_pool_free(pools[0]);
     vlm_pool_free(pools[1]);
-    return 0;
+    return rc;
 }
