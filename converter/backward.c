@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "converter/conv.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
@@ -81,18 +82,10 @@ static void lin_bwd(float *dx, const float *dy, const float *w, int64_t M, int64
 }
 
 /* ---- the GEMMs on the fast f32 kernels when the model has a kernel context (every loaded model does): the
- * calibration's cost is almost all GEMM. Forward: y = x·Wᵀ + b. Backward: dx (+)= dy·W, as one GEMM against Wᵀ
+ * calibration's cost is almost all GEMM. Forward: conv_linear_f32 (converter/conv.h). Backward: dx (+)= dy·W, as one
+ * GEMM against Wᵀ
  * (a transposed copy, built per call: a layer's weights are small next to the GEMM's work at calibration lengths).
  * Without a context (or if a scratch allocation fails) the double-precision loops above/below are used. */
-static void fwd_lin(const struct vlm_model *m, float *y, const float *x, const float *w, const float *b, int64_t M,
-                    int64_t N, int64_t K) {
-    if (m->qctx) {
-        const struct vlm_qmat v = {.fmt = VLM_QF_F32, .n = N, .k = K, .codes = w};
-        if (cpu_qlinear(m->qctx, y, x, &v, b, M) == VLM_OK) return;
-    }
-    cpu_linear_ref(y, x, w, b, M, N, K);
-}
-
 static void lin_bwd_fast(const struct vlm_model *m, float *dx, const float *dy, const float *w, int64_t M, int64_t N,
                          int64_t K, int accumulate) {
     float *wt = m->qctx ? malloc((size_t)N * (size_t)K * sizeof(float)) : NULL;
@@ -253,20 +246,20 @@ static void layer_forward(const struct vlm_model *m, int64_t l, const float *x, 
     const int64_t d = tc->hidden_size, f = tc->intermediate_size, nh = tc->n_heads, nkv = tc->n_kv_heads,
                   hd = tc->head_dim, qd = nh * hd, kvd = nkv * hd;
     cpu_rmsnorm_ref(b->a, x, W->attn_norm, n, d, tc->rms_norm_eps);
-    fwd_lin(m, b->q, b->a, W->q_w, W->q_b, n, qd, d);
-    fwd_lin(m, b->k, b->a, W->k_w, W->k_b, n, kvd, d);
-    fwd_lin(m, b->v, b->a, W->v_w, W->v_b, n, kvd, d);
+    conv_linear_f32(m, b->q, b->a, W->q_w, W->q_b, n, qd, d);
+    conv_linear_f32(m, b->k, b->a, W->k_w, W->k_b, n, kvd, d);
+    conv_linear_f32(m, b->v, b->a, W->v_w, W->v_b, n, kvd, d);
     cpu_rope_neox_ref(b->q, n, nh, hd, 0, tc->rope_theta);
     cpu_rope_neox_ref(b->k, n, nkv, hd, 0, tc->rope_theta);
     cpu_attention(b->att, b->q, b->k, b->v, n, n, nh, nkv, hd, kvd, 0, 1, b->scores);
-    fwd_lin(m, b->hmid, b->att, W->o_w, NULL, n, d, qd);
+    conv_linear_f32(m, b->hmid, b->att, W->o_w, NULL, n, d, qd);
     for (int64_t i = 0; i < n * d; i++) b->hmid[i] += x[i];
     cpu_rmsnorm_ref(b->a, b->hmid, W->mlp_norm, n, d, tc->rms_norm_eps);
-    fwd_lin(m, b->gate, b->a, W->gate_w, NULL, n, f, d);
-    fwd_lin(m, b->up, b->a, W->up_w, NULL, n, f, d);
+    conv_linear_f32(m, b->gate, b->a, W->gate_w, NULL, n, f, d);
+    conv_linear_f32(m, b->up, b->a, W->up_w, NULL, n, f, d);
     if (h_out) {
         cpu_swiglu_ref(b->gate, b->up, n * f);
-        fwd_lin(m, h_out, b->gate, W->down_w, NULL, n, d, f);
+        conv_linear_f32(m, h_out, b->gate, W->down_w, NULL, n, d, f);
         for (int64_t i = 0; i < n * d; i++) h_out[i] += b->hmid[i];
     }
 }
@@ -377,7 +370,7 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
             if (ans[t + 1]) rows[nr++] = t;
             if (nr == 0 || (nr < HEAD_CHUNK && t + 2 < n)) continue;
             for (int64_t r = 0; r < nr; r++) memcpy(xin + r * d, a + rows[r] * d, (size_t)d * sizeof(float));
-            fwd_lin(m, logits, xin, m->w.lm_head, NULL, nr, V, d);
+            conv_linear_f32(m, logits, xin, m->w.lm_head, NULL, nr, V, d);
             for (int64_t r = 0; r < nr; r++) {
                 float *lr = logits + r * V;
                 const int64_t tgt = ids[rows[r] + 1];

@@ -30,6 +30,13 @@ struct conv_options {
     uint64_t seed;
 };
 
+/* y (M, N) = x (M, K) · Wᵀ + b for a float32 weight array of the model being converted: the fast f32 GEMM through
+ * m->qctx (calibration's cost is almost all GEMM), or the float32 reference when m has no kernel context or the
+ * fast path's scratch cannot grow. Shared by the gradient pass and the scale search. */
+struct vlm_model;
+void conv_linear_f32(const struct vlm_model *m, float *y, const float *x, const float *w, const float *b, int64_t M,
+                     int64_t N, int64_t K);
+
 /* The weight format of the decoder linears under o (f32/f16/bf16 for the float methods). */
 enum vlm_qformat conv_linear_format(const struct conv_options *o);
 

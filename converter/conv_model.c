@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "converter/calibrate.h"
+#include "kernels/cpu/qgemm.h"
+#include "kernels/ops.h"
 #include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/model_mbq.h"
@@ -30,6 +32,15 @@ enum vlm_qformat conv_linear_format(const struct conv_options *o) {
     case CONV_SMOOTHQUANT: return VLM_QF_W4A8;
     }
     return VLM_QF_F32;
+}
+
+void conv_linear_f32(const struct vlm_model *m, float *y, const float *x, const float *w, const float *b, int64_t M,
+                     int64_t N, int64_t K) {
+    if (m->qctx) {
+        const struct vlm_qmat v = {.fmt = VLM_QF_F32, .n = N, .k = K, .codes = w};
+        if (cpu_qlinear(m->qctx, y, x, &v, b, M) == VLM_OK) return;
+    }
+    cpu_linear_ref(y, x, w, b, M, N, K);
 }
 
 static const char *method_name(enum conv_method m) {

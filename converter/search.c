@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "converter/conv.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
@@ -87,16 +88,6 @@ double conv_loss(const float *o, const float *ohat, int64_t T, int64_t C, const 
  * the layer's modules on a batch
  * ------------------------------------------------------------------------------------------------------------- */
 
-static enum vlm_status lin(const struct vlm_model *m, float *y, const float *x, const float *w, const float *b,
-                           int64_t T, int64_t n, int64_t k) {
-    if (!m->qctx) {
-        cpu_linear_ref(y, x, w, b, T, n, k);
-        return VLM_OK;
-    }
-    const struct vlm_qmat v = {.fmt = VLM_QF_F32, .n = n, .k = k, .codes = w};
-    return cpu_qlinear(m->qctx, y, x, &v, b, T);
-}
-
 /* x' (T, k) = x / s per channel, then for W4A8 the per-token int8 fake quantization of §2.2 (the activation side of
  * the candidate). s NULL: 1. */
 static void act_side(enum vlm_qformat f, const float *x, int64_t T, int64_t k, const float *s, float *xo,
@@ -111,8 +102,8 @@ static void act_side(enum vlm_qformat f, const float *x, int64_t T, int64_t k, c
 }
 
 /* Causal attention of every segment (positions restart at 0 per sample) + o_proj: out (T, d). */
-static enum vlm_status attn_rest(const struct conv_layer_batch *b, float *q, float *k, float *v, float *att,
-                                 float *out) {
+static void attn_rest(const struct conv_layer_batch *b, float *q, float *k, float *v, float *att,
+                      float *out) {
     const struct vlm_text_config *tc = &b->m->config.text;
     const struct qwen2_layer_weights *L = &b->m->w.layers[b->layer];
     const int64_t hd = tc->head_dim, qd = tc->n_heads * hd, kvd = tc->n_kv_heads * hd;
@@ -124,7 +115,7 @@ static enum vlm_status attn_rest(const struct conv_layer_batch *b, float *q, flo
         cpu_attention(att + t0 * qd, q + t0 * qd, k + t0 * kvd, v + t0 * kvd, n, n, tc->n_heads, tc->n_kv_heads, hd,
                       kvd, 0, 1, NULL);
     }
-    return lin(b->m, out, att, L->o_w, NULL, b->T, tc->hidden_size, qd);
+    conv_linear_f32(b->m, out, att, L->o_w, NULL, b->T, tc->hidden_size, qd);
 }
 
 struct work {
@@ -163,33 +154,29 @@ static enum vlm_status work_init(const struct conv_layer_batch *b, struct work *
         work_free(w);
         return VLM_ERR_OOM;
     }
-    enum vlm_status st;
     cpu_rmsnorm_ref(w->x1, b->h, L->attn_norm, T, d, tc->rms_norm_eps);
-    if ((st = lin(m, w->q, w->x1, L->q_w, L->q_b, T, qd, d)) || (st = lin(m, w->k, w->x1, L->k_w, L->k_b, T, kvd, d)) ||
-        (st = lin(m, w->v, w->x1, L->v_w, L->v_b, T, kvd, d)) || (st = attn_rest(b, w->q, w->k, w->v, w->att, w->out)))
-        goto fail;
+    conv_linear_f32(m, w->q, w->x1, L->q_w, L->q_b, T, qd, d);
+    conv_linear_f32(m, w->k, w->x1, L->k_w, L->k_b, T, kvd, d);
+    conv_linear_f32(m, w->v, w->x1, L->v_w, L->v_b, T, kvd, d);
+    attn_rest(b, w->q, w->k, w->v, w->att, w->out);
     for (int64_t i = 0; i < T * d; i++) w->out[i] += b->h[i]; /* h_mid */
     cpu_rmsnorm_ref(w->x2, w->out, L->mlp_norm, T, d, tc->rms_norm_eps);
-    if ((st = lin(m, w->g, w->x2, L->gate_w, NULL, T, f, d)) || (st = lin(m, w->u, w->x2, L->up_w, NULL, T, f, d)))
-        goto fail;
+    conv_linear_f32(m, w->g, w->x2, L->gate_w, NULL, T, f, d);
+    conv_linear_f32(m, w->u, w->x2, L->up_w, NULL, T, f, d);
     memcpy(w->x3, w->g, (size_t)(T * f) * sizeof(float));
     cpu_swiglu_ref(w->x3, w->u, T * f);
     return VLM_OK;
-fail:
-    work_free(w);
-    return st;
 }
 
 /* The inspected module of group g with the group's linears as candidates for scales s (quant == false: the float
  * module, the target). Output (T, d) into w->out. */
-static enum vlm_status eval_group(const struct conv_layer_batch *b, struct work *w, enum conv_group g,
-                                  enum vlm_qformat f, const float *s, bool quant) {
+static void eval_group(const struct conv_layer_batch *b, struct work *w, enum conv_group g,
+                       enum vlm_qformat f, const float *s, bool quant) {
     const struct vlm_model *m = b->m;
     const struct vlm_text_config *tc = &m->config.text;
     const struct qwen2_layer_weights *L = &m->w.layers[b->layer];
     const int64_t T = b->T, d = tc->hidden_size, ff = tc->intermediate_size, hd = tc->head_dim;
     const int64_t qd = tc->n_heads * hd, kvd = tc->n_kv_heads * hd;
-    enum vlm_status st;
     switch (g) {
     case CONV_GROUP_QKV: {
         const float *x = w->x1;
@@ -200,11 +187,11 @@ static enum vlm_status eval_group(const struct conv_layer_batch *b, struct work 
             conv_quant_scaled(f, L->v_w, kvd, d, s, w->wq[2]);
             x = w->xs;
         }
-        if ((st = lin(m, w->q, x, quant ? w->wq[0] : L->q_w, L->q_b, T, qd, d)) ||
-            (st = lin(m, w->k, x, quant ? w->wq[1] : L->k_w, L->k_b, T, kvd, d)) ||
-            (st = lin(m, w->v, x, quant ? w->wq[2] : L->v_w, L->v_b, T, kvd, d)))
-            return st;
-        return attn_rest(b, w->q, w->k, w->v, w->att, w->out);
+        conv_linear_f32(m, w->q, x, quant ? w->wq[0] : L->q_w, L->q_b, T, qd, d);
+        conv_linear_f32(m, w->k, x, quant ? w->wq[1] : L->k_w, L->k_b, T, kvd, d);
+        conv_linear_f32(m, w->v, x, quant ? w->wq[2] : L->v_w, L->v_b, T, kvd, d);
+        attn_rest(b, w->q, w->k, w->v, w->att, w->out);
+        return;
     }
     case CONV_GROUP_GATE_UP: {
         const float *x = w->x2;
@@ -214,11 +201,11 @@ static enum vlm_status eval_group(const struct conv_layer_batch *b, struct work 
             conv_quant_scaled(f, L->up_w, ff, d, s, w->wq[1]);
             x = w->xs;
         }
-        if ((st = lin(m, w->g, x, quant ? w->wq[0] : L->gate_w, NULL, T, ff, d)) ||
-            (st = lin(m, w->u, x, quant ? w->wq[1] : L->up_w, NULL, T, ff, d)))
-            return st;
+        conv_linear_f32(m, w->g, x, quant ? w->wq[0] : L->gate_w, NULL, T, ff, d);
+        conv_linear_f32(m, w->u, x, quant ? w->wq[1] : L->up_w, NULL, T, ff, d);
         cpu_swiglu_ref(w->g, w->u, T * ff);
-        return lin(m, w->out, w->g, L->down_w, NULL, T, d, ff);
+        conv_linear_f32(m, w->out, w->g, L->down_w, NULL, T, d, ff);
+        return;
     }
     case CONV_GROUP_DOWN: {
         const float *x = w->x3;
@@ -227,10 +214,10 @@ static enum vlm_status eval_group(const struct conv_layer_batch *b, struct work 
             conv_quant_scaled(f, L->down_w, d, ff, s, w->wq[0]);
             x = w->xs;
         }
-        return lin(m, w->out, x, quant ? w->wq[0] : L->down_w, NULL, T, d, ff);
+        conv_linear_f32(m, w->out, x, quant ? w->wq[0] : L->down_w, NULL, T, d, ff);
+        return;
     }
     }
-    return VLM_ERR_ARG;
 }
 
 static const float *group_input(const struct work *w, enum conv_group g) {
@@ -250,11 +237,11 @@ static enum vlm_status search_or_loss(const struct conv_layer_batch *b, enum con
         st = VLM_ERR_OOM;
         goto done;
     }
-    if ((st = eval_group(b, &w, g, f, NULL, false)) != VLM_OK) goto done;
+    eval_group(b, &w, g, f, NULL, false);
     memcpy(target, w.out, (size_t)(b->T * d) * sizeof(float));
     if (!search) {
-        if ((st = eval_group(b, &w, g, f, fixed_s, true)) == VLM_OK)
-            *loss_out = conv_loss(target, w.out, b->T, d, b->vis, b->ans, r);
+        eval_group(b, &w, g, f, fixed_s, true);
+        *loss_out = conv_loss(target, w.out, b->T, d, b->vis, b->ans, r);
         goto done;
     }
     conv_act_stat(group_input(&w, g), b->T, k, stat);
@@ -262,7 +249,7 @@ static enum vlm_status search_or_loss(const struct conv_layer_batch *b, enum con
     for (int i = 0; i < CONV_GRID; i++) {
         const float alpha = (float)i / (float)CONV_GRID;
         conv_scales(stat, k, alpha, s);
-        if ((st = eval_group(b, &w, g, f, s, true)) != VLM_OK) goto done;
+        eval_group(b, &w, g, f, s, true);
         const double l = conv_loss(target, w.out, b->T, d, b->vis, b->ans, r);
         if (losses) losses[i] = l;
         if (l < best) { /* first strict minimum in grid order (mbq.md §6 step 2d) */
@@ -322,11 +309,10 @@ enum vlm_status conv_layer_forward(const struct conv_layer_batch *b, float *out)
     struct work w;
     enum vlm_status st = work_init(b, &w); /* w.out = h_mid, w.x3 = silu(gate) * up */
     if (st != VLM_OK) return st;
-    st = lin(b->m, out, w.x3, b->m->w.layers[b->layer].down_w, NULL, T, d, f);
-    if (st == VLM_OK)
-        for (int64_t i = 0; i < T * d; i++) out[i] += w.out[i];
+    conv_linear_f32(b->m, out, w.x3, b->m->w.layers[b->layer].down_w, NULL, T, d, f);
+    for (int64_t i = 0; i < T * d; i++) out[i] += w.out[i];
     work_free(&w);
-    return st;
+    return VLM_OK;
 }
 
 enum vlm_status conv_smooth_group(const struct conv_layer_batch *b, enum conv_group g, float alpha, float *s) {
