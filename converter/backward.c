@@ -41,44 +41,53 @@ static void *alloc2(int64_t a, int64_t b, size_t sz, const char *what) {
     return vlm_alloc_array(n ? n : 1, sz, what);
 }
 
-/* ---- linear backward: dx (M, K) (+)= dy (M, N) · W, W (N, K) row-major. Parallel over (row, block of 64
- * columns) so each task keeps its accumulators on the stack; W is read along rows in 64-float runs. */
+/* ---- linear backward: dx (M, K) (+)= dy (M, N) · W, W (N, K) row-major. A task owns a tile of LB_ROWS rows of
+ * dx by LB_COLS columns and keeps its accumulators (double) on the stack; it walks W's rows once, reading a
+ * 64-float run of each, and applies it to every row of its tile. So W is read once per row tile, not once per
+ * row: for the lm_head (N = vocabulary, W of hundreds of MB) with the answer rows of a sample in one tile, the
+ * whole backward reads the head once. */
 
 #define LB_COLS 64
+#define LB_ROWS 32
 
 struct lin_bwd_job {
     float *dx;
     const float *dy, *w;
-    int64_t N, K, n_blk;
+    int64_t M, N, K, n_blk;
     int accumulate;
 };
 
 static void lin_bwd_range(void *ctx, int64_t begin, int64_t end) {
     const struct lin_bwd_job *j = ctx;
-    double acc[LB_COLS];
+    double acc[LB_ROWS][LB_COLS];
     for (int64_t it = begin; it < end; it++) {
-        const int64_t t = it / j->n_blk, k0 = (it % j->n_blk) * LB_COLS;
+        const int64_t t0 = it / j->n_blk * LB_ROWS, k0 = (it % j->n_blk) * LB_COLS;
         const int64_t nk = j->K - k0 < LB_COLS ? j->K - k0 : LB_COLS;
-        const float *dyr = j->dy + t * j->N;
-        for (int64_t c = 0; c < nk; c++) acc[c] = 0;
+        const int64_t nt = j->M - t0 < LB_ROWS ? j->M - t0 : LB_ROWS;
+        for (int64_t r = 0; r < nt; r++)
+            for (int64_t c = 0; c < nk; c++) acc[r][c] = 0;
         for (int64_t o = 0; o < j->N; o++) {
-            const double g = dyr[o];
-            if (g == 0) continue; /* masked-out rows of the head gradient are all zero */
             const float *wr = j->w + o * j->K + k0;
-            for (int64_t c = 0; c < nk; c++) acc[c] += g * wr[c];
+            for (int64_t r = 0; r < nt; r++) {
+                const double g = j->dy[(t0 + r) * j->N + o];
+                if (g == 0) continue; /* masked-out rows of a gradient are all zero */
+                for (int64_t c = 0; c < nk; c++) acc[r][c] += g * wr[c];
+            }
         }
-        float *dxr = j->dx + t * j->K + k0;
-        if (j->accumulate)
-            for (int64_t c = 0; c < nk; c++) dxr[c] = (float)((double)dxr[c] + acc[c]);
-        else
-            for (int64_t c = 0; c < nk; c++) dxr[c] = (float)acc[c];
+        for (int64_t r = 0; r < nt; r++) {
+            float *dxr = j->dx + (t0 + r) * j->K + k0;
+            if (j->accumulate)
+                for (int64_t c = 0; c < nk; c++) dxr[c] = (float)((double)dxr[c] + acc[r][c]);
+            else
+                for (int64_t c = 0; c < nk; c++) dxr[c] = (float)acc[r][c];
+        }
     }
 }
 
 static void lin_bwd(float *dx, const float *dy, const float *w, int64_t M, int64_t N, int64_t K, int accumulate) {
-    struct lin_bwd_job j = {dx, dy, w, N, K, (K + LB_COLS - 1) / LB_COLS, accumulate};
-    vlm_pool_for(vlm_pool_default(), M * j.n_blk, 1 + 16384 / (N * LB_COLS > 0 ? N * LB_COLS : 1), lin_bwd_range,
-                 &j);
+    struct lin_bwd_job j = {dx, dy, w, M, N, K, (K + LB_COLS - 1) / LB_COLS, accumulate};
+    const int64_t tiles = (M + LB_ROWS - 1) / LB_ROWS * j.n_blk;
+    vlm_pool_for(vlm_pool_default(), tiles, 1, lin_bwd_range, &j);
 }
 
 /* ---- the GEMMs on the fast f32 kernels when the model has a kernel context (every loaded model does): the
@@ -265,9 +274,9 @@ static void layer_forward(const struct vlm_model *m, int64_t l, const float *x, 
 }
 
 /* Supervised rows handled per chunk at the head: bounds the logits buffer to this many vocabulary rows. */
-#define HEAD_CHUNK 16
+#define HEAD_CHUNK LB_ROWS
 
-enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, const int64_t *ids, const uint8_t *vis,
+enum vlm_status conv_grad_sample(struct vlm_model *m, const float *emb, const int64_t *ids, const uint8_t *vis,
                                  const uint8_t *ans, int64_t n, struct conv_grad_stats *out, float *g_attn,
                                  float *g_mlp, float *g_emb) {
     if (!m || !emb || !ids || !vis || !ans || !out) {
@@ -301,11 +310,7 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
         return VLM_ERR_ARG;
     }
     bool have = m->w.final_norm && m->w.lm_head && m->w.layers;
-    for (int64_t l = 0; have && l < L; l++) {
-        const struct qwen2_layer_weights *W = &m->w.layers[l];
-        have = W->attn_norm && W->q_w && W->k_w && W->v_w && W->o_w && W->mlp_norm && W->gate_w && W->up_w &&
-               W->down_w;
-    }
+    for (int64_t l = 0; have && l < L; l++) have = m->w.layers[l].attn_norm && m->w.layers[l].mlp_norm;
     if (!have || hd > 512 || hd % 2 || nkv <= 0 || nh % nkv) {
         vlm_log_error("gradient pass: %s: needs a float32 checkpoint with head_dim <= 512 (a .mbq model has no "
                       "float32 decoder weights)", m->dir ? m->dir : "model");
@@ -356,7 +361,10 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
     const struct layer_bufs lb = {a, q, k, v, att, hmid, gate, up, scores};
     /* forward, keeping the residual at each layer boundary */
     memcpy(hs, emb, (size_t)nd * sizeof(float));
-    for (int64_t l = 0; l < L; l++) layer_forward(m, l, hs + l * nd, n, &lb, hs + (l + 1) * nd);
+    for (int64_t l = 0; l < L; l++) {
+        if ((st = vlm_model_layer_load(m, l)) != VLM_OK) goto done;
+        layer_forward(m, l, hs + l * nd, n, &lb, hs + (l + 1) * nd);
+    }
 
     /* head: final RMSNorm, logits of the supervised rows in chunks, CE and its gradient (p − onehot) / n_tgt,
      * then back through the head (tied or not, W = lm_head (V, d)) and the final norm into gh = ∂L/∂h_out(L-1). */
@@ -391,6 +399,7 @@ enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, co
     }
 
     for (int64_t l = L - 1; l >= 0; l--) {
+        if ((st = vlm_model_layer_load(m, l)) != VLM_OK) goto done;
         const struct qwen2_layer_weights *W = &m->w.layers[l];
         const float *x = hs + l * nd;
         /* gh = G_mlp(l) = ∂L/∂h_out(l) */

@@ -29,7 +29,8 @@ struct conv_grad_stats {
     double loss;            /* mean cross-entropy over those n_target positions */
 };
 
-/* One sample. m: an HF checkpoint loaded in float32 (the float arrays of m->w must be present; a .mbq model is
+/* One sample. m: an HF checkpoint loaded in float32, fully or with streamed decoder linears (each layer is widened
+ * through vlm_model_layer_load when needed: twice per sample, forward and backward; a .mbq model is
  * VLM_ERR_UNSUPPORTED). emb (n, d): decoder input embeddings, image features already scattered in. ids (n): token
  * ids; ids[t+1] is the target of position t and must lie in [0, vocab rows) where ans[t+1]. vis, ans (n): masks
  * (nonzero = in the set); position t (t >= 1) enters the loss iff ans[t].
@@ -41,7 +42,7 @@ struct conv_grad_stats {
  * Status: VLM_ERR_ARG (one error line) for NULL pointers, n < 2, no vision position, no supervised position
  * t >= 1 (mbq.md §4: such samples are rejected), or a target id out of range; VLM_ERR_UNSUPPORTED for a model
  * without float32 weights; VLM_ERR_OOM. *out is untouched on failure. */
-enum vlm_status conv_grad_sample(const struct vlm_model *m, const float *emb, const int64_t *ids, const uint8_t *vis,
+enum vlm_status conv_grad_sample(struct vlm_model *m, const float *emb, const int64_t *ids, const uint8_t *vis,
                                  const uint8_t *ans, int64_t n, struct conv_grad_stats *out, float *g_attn,
                                  float *g_mlp, float *g_emb);
 

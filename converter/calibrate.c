@@ -1,8 +1,9 @@
 /* calibrate.c — the calibrated methods of vlmconvert (mbq.md §4, §6-§8, §10): load the calibration samples, measure
  * the modality sensitivity with the gradient pass (MBQ), then walk the decoder layer by layer on the whole batch,
  * search (AWQ, MBQ) or compute (SmoothQuant) the channel scales of each group and fold them into the float model.
- * After conv_calibrate the model's float weights are the folded ones; conv_run then quantizes them exactly as RTN
- * would, so the file holds what the search evaluated. Every number the method chose goes into the header report. */
+ * After conv_calibrate the model's norms hold their scales and the linears' scales are returned; conv_run folds
+ * those into each layer as it widens it and quantizes exactly as RTN would, so the file holds what the search
+ * evaluated. One layer's float linears are in memory at a time (the model may be streamed). Every number the method chose goes into the header report. */
 #include "converter/calibrate.h"
 
 #include <math.h>
@@ -88,7 +89,8 @@ static enum vlm_status sensitivity(struct vlm_model *m, const struct conv_calib 
         cJSON_AddItemToObject(report, "r_mlp", json_array(r_mlp, L));
         cJSON_AddNumberToObject(report, "calib_loss", loss / (double)c->n_samples);
         vlm_log_info("modality sensitivity (rho = mean|grad| vision / answer): median attn %.4g, mlp %.4g; mean "
-                     "calibration loss %.4f", med_a, med_m, loss / (double)c->n_samples);
+                     "calibration loss %.4f; gradient pass %.1f s", med_a, med_m, loss / (double)c->n_samples,
+                     (vlm_time_ms() - t0) / 1e3);
         for (int64_t l = 0; l < L; l++)
             vlm_log_info("  layer %2lld: rho_attn %.4g  rho_mlp %.4g  ->  r_attn %.4g  r_mlp %.4g", (long long)l,
                          rho_a[l], rho_m[l], r_attn[l], r_mlp[l]);
@@ -98,17 +100,22 @@ static enum vlm_status sensitivity(struct vlm_model *m, const struct conv_calib 
 }
 
 enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *tok, const struct conv_calib_opts *o,
-                               cJSON *report) {
+                               cJSON *report, float **scales) {
     const struct vlm_text_config *tc = &m->config.text;
     const int64_t L = tc->n_layers, d = tc->hidden_size, f = tc->intermediate_size;
     const bool show = o->progress && isatty(2);
     struct conv_calib c = {0};
     double *r_attn = NULL, *r_mlp = NULL, *alphas = NULL;
-    float *h = NULL, *h2 = NULL, *s = NULL;
+    float *h = NULL, *h2 = NULL, *table = NULL;
+    const int64_t per_layer = conv_scales_per_layer(tc);
+    *scales = NULL;
     int64_t *seg = NULL;
     uint8_t *vis = NULL, *ans = NULL;
+    const double t_load = vlm_time_ms();
     enum vlm_status st = conv_calib_load(o->calib_path, m, tok, o->n_samples, o->seed, &c);
     if (st != VLM_OK) return st;
+    vlm_log_info("calibration inputs: %lld samples through the float vision path in %.1f s", (long long)c.n_samples,
+                 (vlm_time_ms() - t_load) / 1e3);
     r_attn = calloc((size_t)L, sizeof *r_attn), r_mlp = calloc((size_t)L, sizeof *r_mlp);
     alphas = calloc((size_t)(3 * L), sizeof *alphas);
     seg = calloc((size_t)c.n_samples + 1, sizeof *seg);
@@ -116,9 +123,9 @@ enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *
     for (int64_t i = 0; i < c.n_samples; i++) T += c.s[i].n; /* each bounded by the tokenizer and config caps */
     h = vlm_alloc_array((size_t)T, (size_t)d * sizeof(float), "calibration batch");
     h2 = vlm_alloc_array((size_t)T, (size_t)d * sizeof(float), "calibration batch");
-    s = vlm_alloc_array((size_t)(f > d ? f : d), sizeof(float), "scales");
+    table = vlm_alloc_array((size_t)L, (size_t)per_layer * sizeof(float), "scales");
     vis = calloc((size_t)T, 1), ans = calloc((size_t)T, 1);
-    if (!r_attn || !r_mlp || !alphas || !seg || !h || !h2 || !s || !vis || !ans) {
+    if (!r_attn || !r_mlp || !alphas || !seg || !h || !h2 || !table || !vis || !ans) {
         vlm_log_error("calibration: out of memory for %lld tokens", (long long)T);
         st = VLM_ERR_OOM;
         goto done;
@@ -133,54 +140,52 @@ enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *
         t += c.s[i].n;
     }
     seg[c.n_samples] = T;
+    const int64_t n_samples = c.n_samples;
+    conv_calib_free(&c); /* the batch holds the copies the search needs */
     const bool weighted = o->method == CONV_CAL_MBQ;
     double t0 = vlm_time_ms();
     for (int64_t l = 0; l < L; l++) {
-        struct conv_layer_batch b = {.m = m, .layer = l, .T = T, .n_seg = c.n_samples, .seg = seg,
+        struct conv_layer_batch b = {.m = m, .layer = l, .T = T, .n_seg = n_samples, .seg = seg,
                                      .vis = weighted ? vis : NULL, .ans = weighted ? ans : NULL, .h = h};
+        if ((st = vlm_model_layer_load(m, l)) != VLM_OK) goto done;
         /* the next layer's input comes from the float layer before any of this layer's scales (mbq.md §6 step 1);
-         * folding is exact in float, so computing it first is the same thing without a copy of the weights */
+         * every group is searched on the unscaled layer, then the scales are folded */
         if ((st = conv_layer_forward(&b, h2)) != VLM_OK) goto done;
-        float *sv[3] = {NULL, NULL, NULL};
+        float *sv[3] = {table + l * per_layer, table + l * per_layer + d, table + l * per_layer + 2 * d};
         for (int g = 0; g < 3; g++) {
             const int64_t k = g == CONV_GROUP_DOWN ? f : d;
-            sv[g] = vlm_alloc_array((size_t)k, sizeof(float), "scales");
-            if (!sv[g]) {
-                st = VLM_ERR_OOM;
-                break;
-            }
             float alpha = 0.5f;
             if (o->method == CONV_CAL_SMOOTHQUANT) {
                 if (g == CONV_GROUP_DOWN) { /* SmoothQuant leaves up -> down alone */
                     for (int64_t j = 0; j < k; j++) sv[g][j] = 1.0f;
                 } else if ((st = conv_smooth_group(&b, (enum conv_group)g, 0.5f, sv[g])) != VLM_OK) {
-                    break;
+                    goto done;
                 }
             } else {
                 const double r = g == CONV_GROUP_QKV ? r_attn[l] : r_mlp[l];
                 if ((st = conv_search_group(&b, (enum conv_group)g, o->format, weighted ? r : 1.0, sv[g], &alpha,
                                             NULL)) != VLM_OK)
-                    break;
+                    goto done;
             }
             alphas[3 * l + g] = alpha;
         }
-        if (st == VLM_OK)
-            for (int g = 0; g < 3; g++) conv_fold_group(m, l, (enum conv_group)g, sv[g]);
-        for (int g = 0; g < 3; g++) free(sv[g]);
-        if (st != VLM_OK) goto done;
+        /* the norms keep their share now; the linears get theirs when the writer widens the layer again */
+        for (int g = 0; g < 3; g++) conv_fold_norm(m, l, (enum conv_group)g, sv[g]);
         float *tmp = h;
         h = h2, h2 = tmp;
         progress(show, "scale search, layer", l + 1, L, t0);
     }
     cJSON *al = cJSON_AddArrayToObject(report, "alpha_qkv_gateup_down");
     for (int64_t l = 0; al && l < L; l++) cJSON_AddItemToArray(al, json_array(alphas + 3 * l, 3));
-    cJSON_AddNumberToObject(report, "n_samples", (double)c.n_samples);
+    cJSON_AddNumberToObject(report, "n_samples", (double)n_samples);
     cJSON_AddNumberToObject(report, "calib_tokens", (double)T);
     cJSON_AddNumberToObject(report, "seed", (double)o->seed);
-    vlm_log_info("calibration: %lld samples, %lld tokens, %lld layers in %.1f s", (long long)c.n_samples,
+    vlm_log_info("calibration: %lld samples, %lld tokens, %lld layers in %.1f s", (long long)n_samples,
                  (long long)T, (long long)L, (vlm_time_ms() - t0) / 1e3);
+    *scales = table;
+    table = NULL;
 done:
     conv_calib_free(&c);
-    free(r_attn), free(r_mlp), free(alphas), free(seg), free(h), free(h2), free(s), free(vis), free(ans);
+    free(r_attn), free(r_mlp), free(alphas), free(seg), free(h), free(h2), free(table), free(vis), free(ans);
     return st;
 }

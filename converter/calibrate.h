@@ -24,11 +24,19 @@ struct conv_calib_opts {
     bool progress;              /* a progress bar with ETA on stderr when it is a terminal */
 };
 
+/* Per layer, the chosen scales of the three groups, laid out as [qkv (d) | gate_up (d) | down (f)]. */
+static inline int64_t conv_scales_per_layer(const struct vlm_text_config *tc) {
+    return 2 * tc->hidden_size + tc->intermediate_size;
+}
+
 /* Loads the calibration samples (with tok and m's float vision path), measures MBQ's modality sensitivity when
- * asked, and folds each layer's chosen scales into m's float weights. report receives what was chosen (rho, r,
- * alphas, sample and token counts, seed). Errors are logged once; m may be partly folded on failure (the caller
- * discards it). */
+ * asked, and chooses each layer's scales, walking the decoder one layer at a time (m may be streamed:
+ * vlm_load_opts; each layer is widened once). The scales are folded into m's norms here; *scales (allocated here,
+ * n_layers x conv_scales_per_layer, the caller frees) are what the linears still need: conv_fold_linears of
+ * groups QKV, GATE_UP, DOWN in that order, when the writer widens the layer to quantize it. report receives what
+ * was chosen (rho, r, alphas, sample and token counts, seed). Errors are logged once; m's norms may be partly
+ * folded on failure (the caller discards m). */
 enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *tok, const struct conv_calib_opts *o,
-                               cJSON *report);
+                               cJSON *report, float **scales);
 
 #endif

@@ -1,8 +1,11 @@
-/* conv_model.c — conv_run: an HF checkpoint (loaded in float32 by the runtime's own loader, so the converter and
- * the runtime read checkpoints identically) into a .mbq file through the atomic writer of runtime/mbq_file.h.
+/* conv_model.c — conv_run: an HF checkpoint (read by the runtime's own loader, so the converter and the runtime
+ * read checkpoints identically) into a .mbq file through the atomic writer of runtime/mbq_file.h. The decoder's
+ * linears are streamed: they stay in the mapped checkpoint and are widened to float32 one layer at a time (by the
+ * calibration, then once more here to fold the calibration's scales and quantize), so memory is the rest of the
+ * model in float32 + one layer + the calibration batch, not 4 bytes per parameter.
  * The tensor list is runtime/model_mbq.h's table, shared with the loader. The output depends only on the
  * checkpoint's bytes and the options (no paths, times or host facts go into the file), so equal inputs give equal
- * files. */
+ * files on one machine (calibration runs the fast float kernels, whose summation order follows the CPU's ISA). */
 #include "converter/conv.h"
 
 #include <cjson/cJSON.h>
@@ -10,10 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "converter/calibrate.h"
+#include "converter/search.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
 #include "runtime/mbq_file.h"
@@ -107,6 +112,12 @@ static enum vlm_qformat slot_format(const struct conv_options *o, const struct m
     return VLM_QF_F32;
 }
 
+/* Peak resident set of this process so far, in bytes (Linux reports ru_maxrss in KiB); 0 when unknown. */
+static double peak_rss_bytes(void) {
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? (double)ru.ru_maxrss * 1024.0 : 0.0;
+}
+
 /* Relative Frobenius error of the stored weights, accumulated over the decoder linears. */
 struct err_acc {
     double num, den;
@@ -123,7 +134,7 @@ enum vlm_status conv_run(const struct conv_options *o) {
     struct mbq_tensor_decl *decls = NULL;
     struct mbq_writer *w = NULL;
     unsigned char *blob = NULL;
-    float *row = NULL;
+    float *row = NULL, *scales = NULL;
     struct stat sb;
     double t0 = vlm_time_ms();
 
@@ -141,7 +152,14 @@ enum vlm_status conv_run(const struct conv_options *o) {
     if (!(pre = read_json(o->model_dir, "preprocessor_config.json", true, &st))) goto fail;
     gen = read_json(o->model_dir, "generation_config.json", false, &st);
     if (st != VLM_OK) goto fail;
-    if ((st = vlm_model_load(o->model_dir, &m)) != VLM_OK) goto fail;
+    /* the decoder's linears stay in the mapped checkpoint and are widened one layer at a time (by the calibration
+     * and again by the writer): memory is the rest of the model in float32 plus one layer, not 4 bytes per
+     * parameter of the whole model */
+    const struct vlm_load_opts lo = {.stream_decoder_linears = true};
+    if ((st = vlm_model_load_opts(o->model_dir, &lo, &m)) != VLM_OK) goto fail;
+    /* the calibration images go through the vision tower on the fast f32 GEMM and attention, as a .mbq model's do
+     * at run time (float32 throughout; the reference path would take minutes per image at so400m size) */
+    m->fast_f32 = true;
     if (calibrated(o->method)) {
         struct vlm_tokenizer *tk = NULL;
         if (!o->calib_path) {
@@ -155,7 +173,7 @@ enum vlm_status conv_run(const struct conv_options *o) {
             .format = conv_linear_format(o), .calib_path = o->calib_path, .n_samples = o->n_samples, .seed = o->seed,
             .progress = !o->quiet};
         report = cJSON_CreateObject();
-        st = report ? conv_calibrate(m, tk, &co, report) : VLM_ERR_OOM;
+        st = report ? conv_calibrate(m, tk, &co, report, &scales) : VLM_ERR_OOM;
         tok_free(tk);
         if (st != VLM_OK) goto fail;
     }
@@ -236,10 +254,20 @@ enum vlm_status conv_run(const struct conv_options *o) {
     }
     struct err_acc err = {0, 0};
     size_t lin_bytes = 0, total_bytes = 0;
-    int64_t lin_weights = 0;
+    int64_t lin_weights = 0, widened = -1;
     for (int64_t i = 0; i < n_slots; i++) {
         const struct mbq_slot *s = &slots[i];
         enum vlm_qformat f = (enum vlm_qformat)decls[i].dtype;
+        if (s->kind == MBQ_SLOT_LINEAR && s->layer != widened) { /* slots come layer by layer */
+            if ((st = vlm_model_layer_load(m, s->layer)) != VLM_OK) goto fail;
+            if (scales) /* the calibration's scales, in the order the search chose them (conv_fold_group's) */
+                for (int g = 0; g < 3; g++) {
+                    const int64_t off[3] = {0, m->config.text.hidden_size, 2 * m->config.text.hidden_size};
+                    conv_fold_linears(m, s->layer, (enum conv_group)g,
+                                      scales + s->layer * conv_scales_per_layer(&m->config.text) + off[g]);
+                }
+            widened = s->layer;
+        }
         int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;
         VLM_ASSERT(vlm_dims_product(s->shape, s->n_dims, &k));
         if (s->n_dims == 2) k = s->shape[1];
@@ -285,16 +313,17 @@ enum vlm_status conv_run(const struct conv_options *o) {
     if (st != VLM_OK) goto fail;
     if (!o->quiet)
         vlm_log_info("wrote %s: method %s, decoder linears %s (%.3f bits/weight, relative weight error %.4f), "
-                     "embed %s, head %s, %.2f MB of tensors, tokenizer %s, %.1f s", o->out_path,
+                     "embed %s, head %s, %.2f MB of tensors, tokenizer %s; %.1f s, peak memory %.2f GB", o->out_path,
                      method_name(o->method), vlm_qformat_name(conv_linear_format(o)),
                      lin_weights ? 8.0 * (double)lin_bytes / (double)lin_weights : 0.0,
                      err.den > 0 ? sqrt(err.num / err.den) : 0.0, vlm_qformat_name(o->embed_fmt),
                      with_head ? vlm_qformat_name(o->head_fmt) : "tied", (double)total_bytes / 1e6,
-                     tok ? tok_kind : "none", (vlm_time_ms() - t0) / 1000.0);
+                     tok ? tok_kind : "none", (vlm_time_ms() - t0) / 1000.0, peak_rss_bytes() / 1e9);
 fail:
     mbq_writer_abort(w);
     free(blob);
     free(row);
+    free(scales);
     free(slots);
     free(decls);
     cJSON_Delete(meta);

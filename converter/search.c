@@ -276,21 +276,27 @@ enum vlm_status conv_group_loss(const struct conv_layer_batch *b, enum conv_grou
     return search_or_loss(b, g, f, r, s, false, NULL, NULL, NULL, loss);
 }
 
-void conv_fold_group(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s) {
+void conv_fold_norm(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s) {
+    struct qwen2_layer_weights *L = &m->w.layers[layer];
+    const int64_t d = m->config.text.hidden_size;
+    float *gamma = g == CONV_GROUP_QKV ? L->attn_norm : g == CONV_GROUP_GATE_UP ? L->mlp_norm : NULL;
+    if (gamma) /* DOWN folds into up_proj, a linear */
+        for (int64_t j = 0; j < d; j++) gamma[j] /= s[j];
+}
+
+void conv_fold_linears(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s) {
     const struct vlm_text_config *tc = &m->config.text;
     struct qwen2_layer_weights *L = &m->w.layers[layer];
     const int64_t d = tc->hidden_size, f = tc->intermediate_size;
     const int64_t qd = tc->n_heads * tc->head_dim, kvd = tc->n_kv_heads * tc->head_dim;
     switch (g) {
     case CONV_GROUP_QKV:
-        for (int64_t j = 0; j < d; j++) L->attn_norm[j] /= s[j];
         for (int64_t r = 0; r < qd; r++)
             for (int64_t j = 0; j < d; j++) L->q_w[r * d + j] *= s[j];
         for (int64_t r = 0; r < kvd; r++)
             for (int64_t j = 0; j < d; j++) L->k_w[r * d + j] *= s[j], L->v_w[r * d + j] *= s[j];
         return;
     case CONV_GROUP_GATE_UP:
-        for (int64_t j = 0; j < d; j++) L->mlp_norm[j] /= s[j];
         for (int64_t r = 0; r < f; r++)
             for (int64_t j = 0; j < d; j++) L->gate_w[r * d + j] *= s[j], L->up_w[r * d + j] *= s[j];
         return;
@@ -301,6 +307,11 @@ void conv_fold_group(struct vlm_model *m, int64_t layer, enum conv_group g, cons
             for (int64_t j = 0; j < f; j++) L->down_w[r * f + j] *= s[j];
         return;
     }
+}
+
+void conv_fold_group(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s) {
+    conv_fold_norm(m, layer, g, s);
+    conv_fold_linears(m, layer, g, s);
 }
 
 enum vlm_status conv_layer_forward(const struct conv_layer_batch *b, float *out) {

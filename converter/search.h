@@ -70,5 +70,10 @@ enum vlm_status conv_smooth_group(const struct conv_layer_batch *b, enum conv_gr
  * γ /= s, q/k/v columns *= s; GATE_UP: post_attention_layernorm γ /= s, gate/up columns *= s; DOWN: up rows /= s,
  * down columns *= s. m's float weights must be writable (the converter owns its loaded model). */
 void conv_fold_group(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s);
+/* The two halves of conv_fold_group, for a model whose decoder linears are streamed (vlm_load_opts): the
+ * calibration folds the norms (resident) as it goes, and the writer folds the linears when it widens the layer
+ * again to quantize it. Both halves together are conv_fold_group, operation for operation. */
+void conv_fold_norm(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s);
+void conv_fold_linears(struct vlm_model *m, int64_t layer, enum conv_group g, const float *s);
 
 #endif

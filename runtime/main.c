@@ -19,13 +19,13 @@
 #include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
+#include "runtime/text_mode.h"
 #include "runtime/util.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 #include "vision/image.h"
 
 #define MAX_PROMPT_IDS 65536
-#define MAX_STOP_IDS 16
 
 static void usage(FILE *f) {
     fputs("usage: vlmrun --model PATH [options] IMAGE PROMPT\n"
@@ -84,44 +84,6 @@ static int64_t parse_prompt(const char *s, int64_t image_token, int64_t *ids, in
         ids[n++] = v;
         p = end;
     }
-    return n;
-}
-
-static int stop_ids_from_json(const cJSON *j, int64_t *stop, int cap) {
-    int n = 0;
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token_id");
-    if (cJSON_IsNumber(e)) stop[n++] = (int64_t)e->valuedouble;
-    else if (cJSON_IsArray(e)) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, e) if (cJSON_IsNumber(it) && n < cap) stop[n++] = (int64_t)it->valuedouble;
-    }
-    return n;
-}
-
-/* Reads eos ids from DIR/generation_config.json when present (int or list); absent file = no stop ids. A .mbq
- * model carries that file's content in its header ("generation"). */
-static int read_stop_ids(const struct vlm_model *m, const char *dir, int64_t *stop, int cap) {
-    if (m->mbq) {
-        const cJSON *g = cJSON_GetObjectItemCaseSensitive(mbq_file_header(m->mbq), "generation");
-        return cJSON_IsObject(g) ? stop_ids_from_json(g, stop, cap) : 0;
-    }
-    char path[4096];
-    char *buf = NULL;
-    size_t len;
-    int n = 0;
-    if (!vlm_path_join(path, sizeof path, dir, "generation_config.json")) return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    fclose(f);
-    if (vlm_file_read_all(path, 1 << 20, &buf, &len) != VLM_OK) return -1;
-    cJSON *j = cJSON_ParseWithLength(buf, len);
-    free(buf);
-    if (!j) {
-        vlm_log_error("%s: invalid JSON", path);
-        return -1;
-    }
-    n = stop_ids_from_json(j, stop, cap);
-    cJSON_Delete(j);
     return n;
 }
 
@@ -201,71 +163,10 @@ static int print_token(int64_t id, void *user) {
 /* ---------------------------------------------------------------------------------------------------------------
  * Text mode */
 
-static bool is_file(const char *dir, const char *name) {
-    char path[4096];
-    struct stat sb;
-    return vlm_path_join(path, sizeof path, dir, name) && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-/* The tokenizer to use: --tokenizer PATH (a directory or a file), else the model directory's own. *out stays NULL
- * (id mode) when neither is given nor present. Errors are logged by the tokenizer. */
-static enum vlm_status find_tokenizer(const char *model_dir, const char *tok_path, struct vlm_tokenizer **out) {
-    struct stat sb;
-    if (tok_path) {
-        if (stat(tok_path, &sb) == 0 && S_ISDIR(sb.st_mode)) return tok_load(tok_path, out);
-        return tok_load_file(tok_path, out);
-    }
-    if (is_file(model_dir, "tokenizer.json") || is_file(model_dir, "tokenizer.model")) return tok_load(model_dir, out);
-    return VLM_OK;
-}
-
-/* A tokenizer and a model belong together when every tokenizer id has an embedding row and both agree on the image
- * token (otherwise the image features would land on the wrong positions). */
-static enum vlm_status check_tokenizer_fits(const struct vlm_tokenizer *t, const struct vlm_model *m) {
-    const int64_t n_tok = tok_vocab_size(t), rows = m->w.n_vocab_rows, img = tok_special_ids(t)->image;
-    if (n_tok > rows) {
-        vlm_log_error("tokenizer has %lld token ids but %s has %lld embedding rows: the tokenizer does not belong "
-                      "to this model", (long long)n_tok, m->dir, (long long)rows);
-        return VLM_ERR_ARG;
-    }
-    if (img >= 0 && img != m->config.image_token_index) {
-        vlm_log_error("tokenizer's <image> is id %lld but %s%s has image_token_index %lld: the tokenizer does not "
-                      "belong to this model", (long long)img, m->dir, m->mbq ? " (its config)" : "/config.json",
-                      (long long)m->config.image_token_index);
-        return VLM_ERR_ARG;
-    }
-    return VLM_OK;
-}
-
-/* Adds the tokenizer's end-of-turn ids to the stop list (generation configs list only some of them). */
-static int add_tokenizer_stops(const struct vlm_tokenizer *t, int64_t *stop, int n) {
-    const int64_t cand[] = {tok_special_ids(t)->eos, tok_special_ids(t)->im_end, tok_token_to_id(t, "<|endoftext|>")};
-    for (size_t i = 0; i < sizeof cand / sizeof *cand; i++) {
-        bool have = cand[i] < 0;
-        for (int j = 0; j < n && !have; j++) have = stop[j] == cand[i];
-        if (!have && n < MAX_STOP_IDS) stop[n++] = cand[i];
-    }
-    return n;
-}
-
 /* Streams generated tokens as text. */
-struct text_out {
-    struct tok_stream stream;
-    int64_t n_vocab;
-    bool warned;
-    char buf[1 << 16]; /* tok_stream_push needs 64 + the longest token */
-};
-
 static int print_text(int64_t id, void *user) {
-    struct text_out *o = user;
-    if (id < 0 || id >= o->n_vocab) { /* an embedding row beyond the tokenizer (spec §7.3: not masked) */
-        if (!o->warned)
-            vlm_log_info("generated id %lld has no token in the tokenizer (%lld ids); such ids print nothing",
-                         (long long)id, (long long)o->n_vocab);
-        o->warned = true;
-        return 0;
-    }
-    int64_t n = tok_stream_push(&o->stream, id, o->buf, sizeof o->buf);
+    struct vlm_text_out *o = user;
+    int64_t n = vlm_text_out_push(o, id);
     if (n > 0) fwrite(o->buf, 1, (size_t)n, stdout);
     fflush(stdout);
     return 0;
@@ -334,27 +235,23 @@ int main(int argc, char **argv) {
     int rc = 1;
     struct vlm_model *m = NULL;
     struct vlm_tokenizer *tok = NULL;
-    struct text_out *text_out = NULL;
+    struct vlm_text_out *text_out = NULL;
     struct vlm_image img = {0};
-    int64_t *ids = NULL, *full = NULL, *gen = NULL;
+    int64_t *ids = NULL, *full = NULL, *gen = NULL, *stop = NULL;
     float *feats = NULL, *emb = NULL;
-    int64_t stop[MAX_STOP_IDS];
     int n_stop = 0;
 
     /* Cheap input checks first, so a bad image, tokenizer or prompt fails before a long model load. */
     if (img_load(image_path, &img) != VLM_OK) goto done;
-    if (!ids_mode && find_tokenizer(model_dir, tok_path, &tok) != VLM_OK) goto done;
+    if (!ids_mode && vlm_tokenizer_find(model_dir, NULL, tok_path, &tok) != VLM_OK) goto done;
     if (vlm_model_load(model_dir, &m) != VLM_OK) goto done;
-    /* a .mbq carries its tokenizer: load it now that the model is open */
-    if (!ids_mode && !tok && !tok_path && m->mbq && vlm_model_has_tokenizer(m) &&
-        vlm_model_load_tokenizer(m, &tok) != VLM_OK)
-        goto done;
-    if (!ignore_eos && (n_stop = read_stop_ids(m, model_dir, stop, MAX_STOP_IDS)) < 0) goto done;
+    /* a .mbq carries its tokenizer: look again now that the model is open */
+    if (!ids_mode && !tok && vlm_tokenizer_find(model_dir, m, tok_path, &tok) != VLM_OK) goto done;
+    if (!ignore_eos && vlm_model_read_stop_ids(m, tok, &stop, &n_stop) != VLM_OK) goto done;
     const int64_t img_tok = m->config.image_token_index, d = m->config.text.hidden_size;
     int64_t n_ids = 0, *p_ids = NULL;
     if (tok) {
-        if (check_tokenizer_fits(tok, m) != VLM_OK) goto done;
-        if (!ignore_eos) n_stop = add_tokenizer_stops(tok, stop, n_stop);
+        if (vlm_model_check_tokenizer(m, tok) != VLM_OK) goto done;
     } else {
         ids = vlm_alloc_array(MAX_PROMPT_IDS + 1, sizeof(int64_t), "prompt ids");
         if (!ids) goto done;
@@ -392,9 +289,7 @@ int main(int argc, char **argv) {
                      (long long)tok_vocab_size(tok), tmpl_names[t], (long long)n_full);
         text_out = vlm_alloc_array(1, sizeof *text_out, "text output");
         if (!text_out) goto done;
-        tok_stream_init(&text_out->stream, tok, true);
-        text_out->n_vocab = tok_vocab_size(tok);
-        text_out->warned = false;
+        vlm_text_out_init(text_out, tok, true);
     } else if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) {
         goto done;
     }
@@ -410,7 +305,7 @@ int main(int argc, char **argv) {
                             &gs) != VLM_OK)
         goto done;
     if (text_out) {
-        int64_t n = tok_stream_flush(&text_out->stream, text_out->buf, sizeof text_out->buf);
+        int64_t n = vlm_text_out_flush(text_out);
         if (n > 0) fwrite(text_out->buf, 1, (size_t)n, stdout);
     }
     printf("\n");
@@ -426,6 +321,7 @@ done:
     free(ids);
     free(full);
     free(gen);
+    free(stop);
     free(feats);
     free(emb);
     img_free(&img);

@@ -77,6 +77,7 @@ enum vlm_kernels { VLM_KERNELS_FAST = 0, VLM_KERNELS_REF };
 
 struct mbq_file;
 struct cpu_qctx;
+struct vlm_layer_stream;
 
 struct vlm_model {
     struct vlm_config config;
@@ -97,6 +98,9 @@ struct vlm_model {
     /* mutable run state behind the const model: kernel scratch (one decoding thread of control per model) */
     struct cpu_qctx *qctx;
     enum vlm_kernels kernels;
+    /* loaded with stream_decoder_linears: the checkpoint stays mapped and one decoder layer's linears at a time are
+     * float32 (vlm_model_layer_load); NULL otherwise */
+    struct vlm_layer_stream *stream;
     bool fast_f32;              /* float32 parts (vision, projector, f32 linears) on the fast kernels: .mbq models */
 };
 
@@ -144,6 +148,36 @@ void vlm_model_set_f32_views(struct vlm_model *m);
  * exceed text.vocab_size (padding); lm_head rows must equal them. Prints one summary line on stderr.
  * Status: VLM_ERR_ARG (NULL), VLM_ERR_IO (missing files), VLM_ERR_FORMAT (bad files, shapes, values),
  * VLM_ERR_UNSUPPORTED (model type, dtype, features), VLM_ERR_OOM (the arena; the message says how much). */
+
+/* Loading options of vlm_model_load_opts. */
+struct vlm_load_opts {
+    /* Leave the decoder layers' seven linear weights (q, k, v, o, gate, up, down) in the checkpoint's mapping
+     * instead of the float32 arena: vlm_model_layer_load widens one layer at a time into a buffer the size of one
+     * layer. For the converter, whose float32 model would otherwise cost 4 bytes per parameter (a 7B checkpoint
+     * ~30 GB, a 72B ~290 GB). Everything else (vision tower, projector, embedding, head, norms, biases) loads as
+     * usual, and the mapped pages of what was widened leave the resident set. The decoder forward of
+     * runtime/qwen2.c needs every layer at once and refuses a streamed model. Their NaN/Inf check happens when a
+     * layer is widened. */
+    bool stream_decoder_linears;
+};
+
+/* vlm_model_load with options (NULL = defaults = vlm_model_load). An .mbq path ignores them. */
+enum vlm_status vlm_model_load_opts(const char *dir, const struct vlm_load_opts *o, struct vlm_model **out);
+
+/* Makes layer l's float32 linear weights (the q_w .. down_w fields of m->w.layers[l] and their f32 views) valid.
+ * A fully loaded checkpoint: nothing to do. A streamed one: converts them from the checkpoint into the one layer
+ * buffer unless layer l is already there, and clears the previous layer's fields (so a stale pointer is NULL, not
+ * another layer's weights). The caller may modify the buffered weights; vlm_model_layer_drop forgets them.
+ * Status: VLM_ERR_ARG (l out of range), VLM_ERR_UNSUPPORTED (a model without float32 linears: a .mbq; logged),
+ * VLM_ERR_FORMAT (a non-finite weight; one line naming the file and tensor). */
+enum vlm_status vlm_model_layer_load(struct vlm_model *m, int64_t l);
+
+/* A streamed model: forgets the buffered layer, so the next vlm_model_layer_load converts from the checkpoint
+ * again (e.g. after the caller scaled the buffered weights). No-op otherwise. */
+void vlm_model_layer_drop(struct vlm_model *m);
+
+/* Bytes of float32 weights the model holds resident: the arena plus, when streamed, the one layer buffer. */
+size_t vlm_model_resident_bytes(const struct vlm_model *m);
 
 /* The one-line load summary (params, bytes, file dtype, scheme, backend) on stderr. */
 void vlm_model_log_summary(const struct vlm_model *m);

@@ -65,7 +65,20 @@ struct entry {
     int64_t shape[4];
     float **dst;                 /* view to set */
     const struct st_tensor *t;   /* resolved */
-    size_t offset;               /* in floats, into the arena */
+    size_t offset;               /* in floats, into the arena (or, streamed, into the layer buffer) */
+    bool layer_linear;           /* one of a decoder layer's 7 linear weights: streamable */
+};
+
+/* A streamed model's decoder linears: 7 plan entries per layer (q, k, v, o, gate, up, down, in plan order) that
+ * stay in the mapped checkpoint, and the one buffer a layer is widened into. */
+#define LAYER_LINEARS 7
+struct vlm_layer_stream {
+    struct st_checkpoint *ck;
+    struct entry *e;             /* (n_layers * LAYER_LINEARS); offsets are into buf, equal for every layer */
+    int64_t n_layers;
+    float *buf;
+    size_t buf_floats;
+    int64_t cur;                 /* the layer in buf, or -1 */
 };
 
 struct plan {
@@ -120,6 +133,14 @@ static enum vlm_status plan_add(struct plan *p, const char *prefix, const char *
 
 #define ADD1(pfx, sfx, dst, a) plan_add(p, (pfx), (sfx), (dst), 1, (a), 0, 0, 0)
 #define ADD2(pfx, sfx, dst, a, b) plan_add(p, (pfx), (sfx), (dst), 2, (a), (b), 0, 0)
+/* a decoder layer's linear weight: as ADD2, marked streamable */
+static enum vlm_status plan_add_linear(struct plan *p, const char *prefix, const char *suffix, float **dst,
+                                       int64_t d0, int64_t d1) {
+    enum vlm_status st = plan_add(p, prefix, suffix, dst, 2, d0, d1, 0, 0);
+    if (st == VLM_OK) p->e[p->n - 1].layer_linear = true;
+    return st;
+}
+#define ADDL(pfx, sfx, dst, a, b) plan_add_linear(p, (pfx), (sfx), (dst), (a), (b))
 
 static enum vlm_status plan_vision(struct plan *p, const char *vp, const struct vlm_config *c, struct vlm_weights *w) {
     const struct vlm_vision_config *v = &c->vision;
@@ -164,17 +185,17 @@ static enum vlm_status plan_text(struct plan *p, const struct scheme *s, const s
         char pfx[NAME_CAP];
         snprintf(pfx, sizeof pfx, "%slayers.%lld.", s->text, (long long)l);
         if ((st = ADD1(pfx, "input_layernorm.weight", &L->attn_norm, d)) ||
-            (st = ADD2(pfx, "self_attn.q_proj.weight", &L->q_w, q, d)) ||
+            (st = ADDL(pfx, "self_attn.q_proj.weight", &L->q_w, q, d)) ||
             (st = ADD1(pfx, "self_attn.q_proj.bias", &L->q_b, q)) ||
-            (st = ADD2(pfx, "self_attn.k_proj.weight", &L->k_w, kv, d)) ||
+            (st = ADDL(pfx, "self_attn.k_proj.weight", &L->k_w, kv, d)) ||
             (st = ADD1(pfx, "self_attn.k_proj.bias", &L->k_b, kv)) ||
-            (st = ADD2(pfx, "self_attn.v_proj.weight", &L->v_w, kv, d)) ||
+            (st = ADDL(pfx, "self_attn.v_proj.weight", &L->v_w, kv, d)) ||
             (st = ADD1(pfx, "self_attn.v_proj.bias", &L->v_b, kv)) ||
-            (st = ADD2(pfx, "self_attn.o_proj.weight", &L->o_w, d, q)) ||
+            (st = ADDL(pfx, "self_attn.o_proj.weight", &L->o_w, d, q)) ||
             (st = ADD1(pfx, "post_attention_layernorm.weight", &L->mlp_norm, d)) ||
-            (st = ADD2(pfx, "mlp.gate_proj.weight", &L->gate_w, f, d)) ||
-            (st = ADD2(pfx, "mlp.up_proj.weight", &L->up_w, f, d)) ||
-            (st = ADD2(pfx, "mlp.down_proj.weight", &L->down_w, d, f)))
+            (st = ADDL(pfx, "mlp.gate_proj.weight", &L->gate_w, f, d)) ||
+            (st = ADDL(pfx, "mlp.up_proj.weight", &L->up_w, f, d)) ||
+            (st = ADDL(pfx, "mlp.down_proj.weight", &L->down_w, d, f)))
             return st;
     }
     return ADD1(s->text, "norm.weight", &w->final_norm, d);
@@ -226,6 +247,12 @@ void vlm_model_free(struct vlm_model *m) {
         free(m->qctx);
     }
     mbq_file_close(m->mbq);
+    if (m->stream) {
+        st_checkpoint_close(m->stream->ck);
+        free(m->stream->e);
+        free(m->stream->buf);
+        free(m->stream);
+    }
     free(m->arena);
     free(m->w.vit);
     free(m->w.layers);
@@ -255,22 +282,78 @@ static struct vlm_qmat f32_view(const float *p, int64_t n, int64_t k) {
     return (struct vlm_qmat){.fmt = VLM_QF_F32, .n = n, .k = k, .codes = p};
 }
 
-void vlm_model_set_f32_views(struct vlm_model *m) {
+/* The f32 views of layer l's linears (views of NULL arrays when the layer is not widened). */
+static void set_layer_views(struct vlm_model *m, int64_t l) {
     const struct vlm_text_config *t = &m->config.text;
     const int64_t d = t->hidden_size, f = t->intermediate_size;
     const int64_t q = t->n_heads * t->head_dim, kv = t->n_kv_heads * t->head_dim;
-    for (int64_t l = 0; l < t->n_layers; l++) {
-        struct qwen2_layer_weights *L = &m->w.layers[l];
-        L->wq = f32_view(L->q_w, q, d);
-        L->wk = f32_view(L->k_w, kv, d);
-        L->wv = f32_view(L->v_w, kv, d);
-        L->wo = f32_view(L->o_w, d, q);
-        L->wgate = f32_view(L->gate_w, f, d);
-        L->wup = f32_view(L->up_w, f, d);
-        L->wdown = f32_view(L->down_w, d, f);
-    }
+    struct qwen2_layer_weights *L = &m->w.layers[l];
+    L->wq = f32_view(L->q_w, q, d);
+    L->wk = f32_view(L->k_w, kv, d);
+    L->wv = f32_view(L->v_w, kv, d);
+    L->wo = f32_view(L->o_w, d, q);
+    L->wgate = f32_view(L->gate_w, f, d);
+    L->wup = f32_view(L->up_w, f, d);
+    L->wdown = f32_view(L->down_w, d, f);
+}
+
+void vlm_model_set_f32_views(struct vlm_model *m) {
+    const int64_t d = m->config.text.hidden_size;
+    for (int64_t l = 0; l < m->config.text.n_layers; l++) set_layer_views(m, l);
     m->w.embed_q = f32_view(m->w.embed, m->w.n_vocab_rows, d);
     m->w.lm_head_q = f32_view(m->w.lm_head, m->w.n_vocab_rows, d);
+}
+
+/* Widens one plan entry into dst and rejects non-finite values (one line naming the file and tensor). */
+static enum vlm_status widen_entry(const struct st_checkpoint *ck, const struct entry *e, float *dst) {
+    st_tensor_to_f32(e->t, dst);
+    for (int64_t k = 0; k < e->t->n_elements; k++) {
+        if (!isfinite(dst[k])) {
+            vlm_log_error("%s: tensor '%s' holds a non-finite value (%g) at element %lld",
+                          st_checkpoint_file_path(ck, e->t), e->name, (double)dst[k], (long long)k);
+            return VLM_ERR_FORMAT;
+        }
+    }
+    return VLM_OK;
+}
+
+enum vlm_status vlm_model_layer_load(struct vlm_model *m, int64_t l) {
+    if (!m || l < 0 || l >= m->config.text.n_layers) return VLM_ERR_ARG;
+    struct vlm_layer_stream *s = m->stream;
+    if (!s) {
+        const struct qwen2_layer_weights *L = &m->w.layers[l];
+        if (L->q_w && L->k_w && L->v_w && L->o_w && L->gate_w && L->up_w && L->down_w) return VLM_OK;
+        vlm_log_error("%s: decoder layer %lld has no float32 weights (a .mbq model holds them quantized; the "
+                      "converter needs the HF checkpoint)", m->dir ? m->dir : "model", (long long)l);
+        return VLM_ERR_UNSUPPORTED;
+    }
+    if (s->cur == l) return VLM_OK;
+    vlm_model_layer_drop(m);
+    for (int j = 0; j < LAYER_LINEARS; j++) {
+        const struct entry *e = &s->e[l * LAYER_LINEARS + j];
+        enum vlm_status st = widen_entry(s->ck, e, s->buf + e->offset);
+        st_tensor_evict(e->t);
+        if (st != VLM_OK) {
+            for (int i = 0; i < j; i++) *s->e[l * LAYER_LINEARS + i].dst = NULL;
+            return st;
+        }
+        *e->dst = s->buf + e->offset;
+    }
+    set_layer_views(m, l);
+    s->cur = l;
+    return VLM_OK;
+}
+
+void vlm_model_layer_drop(struct vlm_model *m) {
+    struct vlm_layer_stream *s = m ? m->stream : NULL;
+    if (!s || s->cur < 0) return;
+    for (int j = 0; j < LAYER_LINEARS; j++) *s->e[s->cur * LAYER_LINEARS + j].dst = NULL;
+    set_layer_views(m, s->cur);
+    s->cur = -1;
+}
+
+size_t vlm_model_resident_bytes(const struct vlm_model *m) {
+    return (m->arena_floats + (m->stream ? m->stream->buf_floats : 0)) * sizeof(float);
 }
 
 bool vlm_model_fast(const struct vlm_model *m) { return m->fast_f32 && m->kernels == VLM_KERNELS_FAST; }
@@ -301,8 +384,13 @@ static bool is_regular_file(const char *path) {
 }
 
 enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
+    return vlm_model_load_opts(dir, NULL, out);
+}
+
+enum vlm_status vlm_model_load_opts(const char *dir, const struct vlm_load_opts *opts, struct vlm_model **out) {
     if (!dir || !out) return VLM_ERR_ARG;
     if (is_regular_file(dir)) return vlm_model_load_mbq(dir, out);
+    const bool stream = opts && opts->stream_decoder_linears;
     enum vlm_status st;
     struct vlm_model *m = NULL;
     struct st_checkpoint *ck = NULL;
@@ -373,39 +461,59 @@ enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
     if ((st = plan_vocab(p, s, c, w, &tied)) != VLM_OK) goto fail;
     if ((st = plan_text(p, s, c, w)) != VLM_OK) goto fail;
 
-    /* one arena: checked sum of every entry's element count */
-    size_t total = 0;
+    /* one arena: checked sum of every entry's element count (streamed linears: the first layer's sizes make the
+     * layer buffer, whose offsets every layer shares) */
+    size_t total = 0, layer_total = 0, lin_off[LAYER_LINEARS] = {0};
+    int64_t n_lin = 0;
     const char *dtype = NULL;
     for (size_t i = 0; i < plan.n; i++) {
-        plan.e[i].offset = total;
-        if (!vlm_size_add(total, (size_t)plan.e[i].t->n_elements, &total)) {
-            vlm_log_error("%s: weight arena size overflows", dir);
-            st = VLM_ERR_OOM;
-            goto fail;
+        struct entry *e = &plan.e[i];
+        const bool deferred = stream && e->layer_linear;
+        size_t *sum = deferred ? &layer_total : &total;
+        if (deferred && n_lin >= LAYER_LINEARS) {
+            e->offset = lin_off[n_lin++ % LAYER_LINEARS]; /* same shapes in every layer (plan_text) */
+        } else {
+            if (deferred) lin_off[n_lin++] = *sum;
+            e->offset = *sum;
+            if (!vlm_size_add(*sum, (size_t)e->t->n_elements, sum)) {
+                vlm_log_error("%s: weight arena size overflows", dir);
+                st = VLM_ERR_OOM;
+                goto fail;
+            }
         }
-        const char *dn = plan.e[i].t->dtype_name;
+        const char *dn = e->t->dtype_name;
         dtype = !dtype ? dn : strcmp(dtype, dn) ? "mixed" : dtype;
     }
     size_t bytes;
-    if (!vlm_size_mul(total, sizeof(float), &bytes) || !(m->arena = malloc(bytes))) {
+    if (!vlm_size_mul(total, sizeof(float), &bytes) || !(m->arena = malloc(bytes ? bytes : 1))) {
         vlm_log_error("%s: out of memory: the float32 weight arena needs %zu floats (%.2f GB) and did not fit", dir,
                       total, (double)total * 4.0 / 1e9);
         st = VLM_ERR_OOM;
         goto fail;
     }
     m->arena_floats = total;
-    for (size_t i = 0; i < plan.n; i++) {
-        const struct entry *e = &plan.e[i];
-        float *dst = m->arena + e->offset;
-        st_tensor_to_f32(e->t, dst);
-        for (int64_t k = 0; k < e->t->n_elements; k++) {
-            if (!isfinite(dst[k])) {
-                vlm_log_error("%s: tensor '%s' holds a non-finite value (%g) at element %lld",
-                              st_checkpoint_file_path(ck, e->t), e->name, (double)dst[k], (long long)k);
-                st = VLM_ERR_FORMAT;
-                goto fail;
-            }
+    if (stream) {
+        struct vlm_layer_stream *ls = calloc(1, sizeof *ls);
+        if (ls) m->stream = ls;
+        if (!ls || !(ls->e = vlm_calloc_array((size_t)n_lin, sizeof *ls->e, "layer stream table")) ||
+            !(ls->buf = vlm_alloc_array(layer_total ? layer_total : 1, sizeof(float), "decoder layer buffer"))) {
+            st = VLM_ERR_OOM;
+            goto fail;
         }
+        VLM_ASSERT(n_lin == LAYER_LINEARS * c->text.n_layers);
+        ls->n_layers = c->text.n_layers;
+        ls->buf_floats = layer_total;
+        ls->cur = -1;
+    }
+    for (size_t i = 0, j = 0; i < plan.n; i++) {
+        const struct entry *e = &plan.e[i];
+        if (stream && e->layer_linear) {
+            m->stream->e[j++] = *e;
+            continue;
+        }
+        float *dst = m->arena + e->offset;
+        if ((st = widen_entry(ck, e, dst)) != VLM_OK) goto fail;
+        if (stream) st_tensor_evict(e->t); /* the checkpoint stays mapped: keep only the widened copy resident */
         *e->dst = dst;
     }
     if (tied) w->lm_head = w->embed;
@@ -424,13 +532,14 @@ enum vlm_status vlm_model_load(const char *dir, struct vlm_model **out) {
     m->file_dtype = dtype;
     m->n_files = st_checkpoint_n_files(ck);
     free(plan.e);
-    st_checkpoint_close(ck);
+    if (stream) m->stream->ck = ck; /* the layer stream reads from it until vlm_model_free */
+    else st_checkpoint_close(ck);
     vlm_model_log_summary(m);
     *out = m;
     return VLM_OK;
 fail:
     free(plan.e);
-    st_checkpoint_close(ck);
+    st_checkpoint_close(ck); /* never handed to m->stream on this path */
     vlm_model_free(m);
     return st;
 }
@@ -451,6 +560,9 @@ void vlm_model_log_summary(const struct vlm_model *m) {
                      (long long)m->config.vision.n_layers);
         return;
     }
+    if (m->stream)
+        vlm_log_info("model %s: decoder linears streamed from the checkpoint, one layer (%.2f MB fp32) at a time",
+                     m->dir, (double)m->stream->buf_floats * 4.0 / 1e6);
     vlm_log_info("model %s: %zu params (%.1f M), %.2f MB fp32 in one arena, file dtype %s (%d file%s, names %s%s%s), "
                  "lm_head %s, vision layers %lld of %lld, fp32 reference",
                  m->dir, m->arena_floats, (double)m->arena_floats / 1e6, (double)m->arena_floats * 4.0 / 1e6,

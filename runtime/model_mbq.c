@@ -33,6 +33,7 @@ static void slot(struct mbq_slot *s, int64_t *n, enum mbq_slot_kind kind, const 
     int len = snprintf(e->name, sizeof e->name, "%s%s", prefix, suffix);
     VLM_ASSERT(len > 0 && (size_t)len < sizeof e->name);
     e->kind = kind;
+    e->layer = -1;
     e->n_dims = n_dims;
     e->shape[0] = d0, e->shape[1] = d1, e->shape[2] = d2, e->shape[3] = d3;
     e->f = f;
@@ -81,6 +82,7 @@ int64_t mbq_slots_fill(const struct vlm_config *c, struct vlm_weights *w, bool w
     for (int64_t l = 0; l < t->n_layers; l++) {
         struct qwen2_layer_weights *L = &w->layers[l];
         char p[96];
+        const int64_t first = n;
         snprintf(p, sizeof p, "%slayers.%lld.", tp, (long long)l);
         F1(p, "input_layernorm.weight", &L->attn_norm, d);
         LIN(p, "self_attn.q_proj.weight", &L->q_w, &L->wq, q, d), F1(p, "self_attn.q_proj.bias", &L->q_b, q);
@@ -91,6 +93,7 @@ int64_t mbq_slots_fill(const struct vlm_config *c, struct vlm_weights *w, bool w
         LIN(p, "mlp.gate_proj.weight", &L->gate_w, &L->wgate, f, d);
         LIN(p, "mlp.up_proj.weight", &L->up_w, &L->wup, f, d);
         LIN(p, "mlp.down_proj.weight", &L->down_w, &L->wdown, d, f);
+        for (int64_t i = first; i < n; i++) s[i].layer = l;
     }
     F1(tp, "norm.weight", &w->final_norm, d);
     VLM_ASSERT(n <= mbq_slots_cap(c));

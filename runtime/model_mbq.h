@@ -24,6 +24,7 @@ struct mbq_slot {
     int64_t shape[4];
     float **f;            /* the float32 field of struct vlm_weights */
     struct vlm_qmat *q;   /* LINEAR/EMBED/HEAD: the view the decoder uses */
+    int64_t layer;        /* the decoder layer the tensor belongs to, -1 for any other */
 };
 
 /* The most slots a config can give (for allocation). */

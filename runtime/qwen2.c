@@ -74,6 +74,10 @@ enum vlm_status qwen2_forward_ex(const struct vlm_model *m, struct kv_cache *kv,
     const struct vlm_text_config *tc = &m->config.text;
     const int64_t d = tc->hidden_size, f = tc->intermediate_size, hd = tc->head_dim;
     const int64_t qd = tc->n_heads * hd, kvd = tc->n_kv_heads * hd, pos0 = kv->n_past;
+    if (m->stream) { /* the converter's streamed float model holds one layer at a time */
+        vlm_log_error("decoder: %s was loaded with streamed decoder layers; the forward needs them all", m->dir);
+        return VLM_ERR_UNSUPPORTED;
+    }
     if (n <= 0 || n > kv->max_seq - kv->n_past) {
         vlm_log_error("decoder: %lld new tokens do not fit the context (%lld of %lld used)", (long long)n,
                       (long long)kv->n_past, (long long)kv->max_seq);

@@ -112,6 +112,17 @@ void st_tensor_to_f32(const struct st_tensor *t, float *dst) {
     VLM_ASSERT(!"st_tensor_to_f32 called on a non-float tensor");
 }
 
+void st_tensor_evict(const struct st_tensor *t) {
+    const long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || !t->size_bytes) return;
+    /* only pages wholly inside the tensor: a neighbour's bytes on a shared page stay mapped */
+    const uintptr_t b = (uintptr_t)t->data, e = b + t->size_bytes, p = (uintptr_t)page;
+    const uintptr_t b_up = (b + p - 1) / p * p, e_down = e / p * p;
+    /* the mapping is read-only and private, so dropping its pages loses nothing: a later access refaults them
+     * from the file */
+    if (e_down > b_up) (void)madvise((void *)b_up, e_down - b_up, MADV_DONTNEED);
+}
+
 /* ---------------------------------------------------------------------------------------------------------------
  * checkpoint object
  * ------------------------------------------------------------------------------------------------------------- */

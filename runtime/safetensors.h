@@ -62,6 +62,12 @@ const char *st_checkpoint_file_path(const struct st_checkpoint *ck, const struct
 /* Converts t to float32 into dst (n_elements floats), exactly. BF16/F16/F32 only (asserts otherwise). */
 void st_tensor_to_f32(const struct st_tensor *t, float *dst);
 
+/* Tells the kernel that t's mapped bytes are not needed again soon: the whole pages inside them leave this
+ * process's resident set (they stay in the page cache, and a later read maps them back in). For a caller that
+ * widens a checkpoint piece by piece (the converter streams decoder layers) so that the resident set holds the
+ * widened copies only, not the file as well. Advisory: failures are ignored. */
+void st_tensor_evict(const struct st_tensor *t);
+
 /* Scalar conversions, exact (round-trip) in the direction half/bf16 -> float. */
 float vlm_f16_to_f32(uint16_t h);
 float vlm_bf16_to_f32(uint16_t b);

@@ -87,6 +87,33 @@ void *vlm_calloc_array(size_t n, size_t size, const char *what) {
     return p;
 }
 
+bool vlm_str_append(struct vlm_str *b, const char *s, size_t n, const char *what) {
+    size_t need;
+    if (!vlm_size_add(b->len, n, &need) || !vlm_size_add(need, 1, &need)) {
+        vlm_log_error("%s: too long", what);
+        return false;
+    }
+    if (need > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        char *p = realloc(b->s, cap);
+        if (!p) {
+            vlm_log_error("%s: out of memory allocating %zu bytes", what, cap);
+            return false;
+        }
+        b->s = p, b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+    return true;
+}
+
+void vlm_str_free(struct vlm_str *b) {
+    free(b->s);
+    *b = (struct vlm_str){0};
+}
+
 enum vlm_status vlm_file_read_all(const char *path, size_t max_bytes, char **out_buf, size_t *out_len) {
     FILE *f = fopen(path, "rb");
     if (!f) {

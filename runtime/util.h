@@ -1,4 +1,4 @@
-/* util.h — always-on asserts, error logging, overflow-checked size arithmetic, small file helpers.
+/* util.h — always-on asserts, error logging, overflow-checked size arithmetic, a growing string, small file helpers.
  * Shared by every module; nothing here allocates global state. */
 #ifndef VLM_UTIL_H
 #define VLM_UTIL_H
@@ -42,6 +42,18 @@ bool vlm_dims_product(const int64_t *dims, int n, int64_t *out);
 /* malloc/calloc of n*size bytes with the product checked; NULL (after logging what) on failure. */
 void *vlm_alloc_array(size_t n, size_t size, const char *what);
 void *vlm_calloc_array(size_t n, size_t size, const char *what);
+
+/* A growing byte string; {0} is the empty one. s is NUL-terminated once anything (even "") was appended, so it can
+ * be handed out as a C string; len excludes the NUL. */
+struct vlm_str {
+    char *s;
+    size_t len, cap;
+};
+/* Appends s[0..n) (capacity doubled as needed). false after logging "what: ..." on size overflow or OOM, b then
+ * unchanged. */
+bool vlm_str_append(struct vlm_str *b, const char *s, size_t n, const char *what);
+/* Frees b's bytes and leaves it empty ({0}); an empty b is a no-op. */
+void vlm_str_free(struct vlm_str *b);
 
 /* Reads a whole (small) file into a NUL-terminated buffer. Fails with VLM_ERR_IO if missing/unreadable,
  * VLM_ERR_FORMAT if larger than max_bytes. On success *out_buf is malloc'd (caller frees), *out_len set. */

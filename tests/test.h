@@ -73,6 +73,12 @@ bool test_check_error_line(const char *msg, const char *needle1, const char *nee
  * into the run's temporary folder; NULL after recording a failure. */
 const char *test_qwen2_tokenizer_path(void);
 
+/* A copy of tests/data/models/tiny_q with tests/data/calib/tiny_tokenizer.json as its tokenizer.json (ids that fit
+ * tiny_q's 1024 embedding rows), made once per run under the run's temp dir. text_mode also sets the config's
+ * image_token_index to the tokenizer's <image> (263), as vlmrun's text prompts require; otherwise the config is
+ * tiny_q's. "" after a failed CHECK. */
+const char *test_tiny_q_tokenized(bool text_mode);
+
 /* A shared deterministic generator for synthetic test data (xorshift64; one stream for the whole run, so a case's
  * data depends on the cases before it — fine for comparisons against in-process references). */
 uint32_t test_rand_u32(void);

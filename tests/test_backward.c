@@ -13,15 +13,18 @@
 #include "runtime/model.h"
 #include "test.h"
 
-static struct vlm_model *load_tiny_q(void) {
+static struct vlm_model *load_tiny_q_opts(bool stream) {
     struct vlm_model *m = NULL;
+    const struct vlm_load_opts lo = {.stream_decoder_linears = stream};
     test_capture_begin(); /* the load summary line */
-    enum vlm_status st = vlm_model_load(test_path("tests/data/models/tiny_q"), &m);
+    enum vlm_status st = vlm_model_load_opts(test_path("tests/data/models/tiny_q"), &lo, &m);
     char buf[512];
     test_capture_end(buf, sizeof buf);
     if (!CHECK(st == VLM_OK)) return NULL;
     return m;
 }
+
+static struct vlm_model *load_tiny_q(void) { return load_tiny_q_opts(false); }
 
 /* Max |got - ref| over n values, and max |ref|. */
 static void max_err(const float *got, const float *ref, int64_t n, double *err, double *scale) {
@@ -182,6 +185,43 @@ TEST(backward_matches_finite_differences) {
         free(e), free(ge);
     }
     vlm_model_free(m);
+    golden_free(&g);
+}
+
+/* The converter streams the decoder's linears (one layer widened at a time, twice per sample): the same arithmetic
+ * as the fully loaded model, so every output is bit-identical on the autograd fixture's sample. */
+TEST(backward_streamed_model_identical) {
+    struct golden_file g;
+    if (golden_load("tests/golden/grad_ref.bin", &g) != 0) return;
+    const struct golden_tensor *emb = golden_get(&g, "emb", GOLDEN_F32), *ids = golden_get(&g, "ids", GOLDEN_I64),
+                               *vis = golden_get(&g, "vis", GOLDEN_U8), *ans = golden_get(&g, "ans", GOLDEN_U8);
+    struct vlm_model *full = load_tiny_q_opts(false), *str = load_tiny_q_opts(true);
+    float *buf[2][3] = {{NULL}};
+    if (full && str && emb && ids && vis && ans && CHECK(str->stream && !full->stream)) {
+        const int64_t n = emb->shape[0], d = emb->shape[1], L = full->config.text.n_layers;
+        const size_t sz[3] = {(size_t)(L * n * d), (size_t)(L * n * d), (size_t)(n * d)};
+        struct conv_grad_stats s[2];
+        bool ok = true;
+        for (int k = 0; k < 2; k++) {
+            for (int j = 0; j < 3; j++) ok = ok && (buf[k][j] = calloc(sz[j], sizeof(float)));
+            ok = ok && CHECK(conv_grad_sample(k ? str : full, emb->data, ids->data, vis->data, ans->data, n, &s[k],
+                                              buf[k][0], buf[k][1], buf[k][2]) == VLM_OK);
+        }
+        if (ok) {
+            CHECK(s[0].loss == s[1].loss);
+            for (int j = 0; j < 3; j++) CHECK(memcmp(buf[0][j], buf[1][j], sz[j] * sizeof(float)) == 0);
+            for (int64_t l = 0; l < L; l++)
+                CHECK(s[0].vis_attn[l] == s[1].vis_attn[l] && s[0].ans_mlp[l] == s[1].ans_mlp[l]);
+            /* the stream ends holding layer 0 (the backward runs down to it) */
+            CHECK(str->w.layers[0].q_w != NULL && str->w.layers[L - 1].q_w == NULL);
+            conv_grad_stats_free(&s[0]);
+            conv_grad_stats_free(&s[1]);
+        }
+    }
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 3; j++) free(buf[k][j]);
+    vlm_model_free(full);
+    vlm_model_free(str);
     golden_free(&g);
 }
 

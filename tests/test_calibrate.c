@@ -7,7 +7,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "converter/calibrate.h"
 #include "converter/conv.h"
+#include "converter/search.h"
 #include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "test.h"
@@ -16,17 +18,7 @@
 #error "VLM_BUILD_DIR must be defined by the Makefile"
 #endif
 
-/* tiny_q's files plus a tokenizer.json whose ids fit its 1024 embedding rows (once per run). */
-static const char *model_dir(void) {
-    static char dir[1024];
-    if (dir[0]) return dir;
-    char cmd[4096];
-    snprintf(dir, sizeof dir, "%s/tiny_q_tok", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s'/* '%s'/ && cp '%s' '%s'/tokenizer.json", dir,
-             test_path("tests/data/models/tiny_q"), dir, test_path("tests/data/calib/tiny_tokenizer.json"), dir);
-    if (!CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0)) dir[0] = 0;
-    return dir;
-}
+static const char *model_dir(void) { return test_tiny_q_tokenized(false); }
 
 static struct conv_options mbq_opts(enum conv_method method, const char *out, int64_t n) {
     return (struct conv_options){.model_dir = model_dir(), .out_path = out, .method = method, .wbits = 3,
@@ -154,4 +146,83 @@ TEST(calibrate_bad_input_leaves_no_file) {
     snprintf(cmd, sizeof cmd, "%s/vlmconvert --model x --out y --method smoothquant --calib z 2>/dev/null",
              VLM_BUILD_DIR);
     CHECK_EQ(test_run_cmd(cmd, NULL, 0), 2);
+}
+
+/* vlmconvert streams the decoder (one layer's float linears at a time: the calibration folds the norms, the writer
+ * folds the linears when it widens each layer again). Reference without streaming: the same calibration on a fully
+ * loaded model, every group folded there (conv_fold_linears after the calibration's norm folds = conv_fold_group),
+ * every linear quantized with the reference quantizer. The file's linears and norms must equal it byte for byte. */
+TEST(calibrate_streamed_write_matches_resident_fold) {
+    if (!model_dir()[0]) return;
+    const enum conv_method ms[] = {CONV_AWQ, CONV_SMOOTHQUANT};
+    for (int i = 0; i < 2; i++) {
+        struct conv_options o = mbq_opts(ms[i], test_tmp_path(i ? "stream_sq.mbq" : "stream_awq.mbq"), 2);
+        if (ms[i] == CONV_SMOOTHQUANT) o.wbits = 4, o.abits = 8;
+        const enum vlm_qformat fmt = conv_linear_format(&o);
+        struct vlm_model *m = NULL;
+        struct vlm_tokenizer *tok = NULL;
+        struct mbq_file *f = NULL;
+        float *scales = NULL;
+        unsigned char *q = NULL;
+        cJSON *report = cJSON_CreateObject();
+        test_capture_begin();
+        enum vlm_status st = conv_run(&o);
+        if (st == VLM_OK) st = vlm_model_load(o.model_dir, &m);
+        if (st == VLM_OK) m->fast_f32 = true; /* conv_run's vision path for the calibration images */
+        if (st == VLM_OK) st = tok_load(o.model_dir, &tok);
+        const struct conv_calib_opts co = {.method = i ? CONV_CAL_SMOOTHQUANT : CONV_CAL_AWQ, .format = fmt,
+                                           .calib_path = o.calib_path, .n_samples = o.n_samples, .seed = o.seed};
+        if (st == VLM_OK) st = conv_calibrate(m, tok, &co, report, &scales);
+        if (st == VLM_OK) st = mbq_file_open(o.out_path, &f);
+        test_capture_end(NULL, 0);
+        if (CHECK(st == VLM_OK)) {
+            const struct vlm_text_config *tc = &m->config.text;
+            const int64_t d = tc->hidden_size, per = conv_scales_per_layer(tc);
+            int64_t compared = 0;
+            for (int64_t l = 0; l < tc->n_layers; l++) {
+                for (int g = 0; g < 3; g++)
+                    conv_fold_linears(m, l, (enum conv_group)g, scales + l * per + (g == 0 ? 0 : g == 1 ? d : 2 * d));
+                struct qwen2_layer_weights *L = &m->w.layers[l];
+                const struct {
+                    const char *name;
+                    const float *w;
+                    int64_t n, k;
+                } lin[] = {{"self_attn.q_proj.weight", L->q_w, L->wq.n, L->wq.k},
+                           {"self_attn.k_proj.weight", L->k_w, L->wk.n, L->wk.k},
+                           {"self_attn.v_proj.weight", L->v_w, L->wv.n, L->wv.k},
+                           {"self_attn.o_proj.weight", L->o_w, L->wo.n, L->wo.k},
+                           {"mlp.gate_proj.weight", L->gate_w, L->wgate.n, L->wgate.k},
+                           {"mlp.up_proj.weight", L->up_w, L->wup.n, L->wup.k},
+                           {"mlp.down_proj.weight", L->down_w, L->wdown.n, L->wdown.k},
+                           {"input_layernorm.weight", L->attn_norm, 1, d},
+                           {"post_attention_layernorm.weight", L->mlp_norm, 1, d}};
+                for (size_t j = 0; j < sizeof lin / sizeof lin[0]; j++) {
+                    char name[160];
+                    snprintf(name, sizeof name, "language_model.model.layers.%lld.%s", (long long)l, lin[j].name);
+                    const struct mbq_tensor *t = mbq_file_find(f, name);
+                    const bool norm = j >= 7;
+                    struct vlm_qlayout lay;
+                    if (!CHECK(t && vlm_qlayout(norm ? VLM_QF_F32 : fmt, lin[j].n, lin[j].k, &lay, NULL))) continue;
+                    free(q);
+                    q = aligned_alloc(VLM_QALIGN, (lay.total_bytes + VLM_QALIGN) / VLM_QALIGN * VLM_QALIGN);
+                    if (!CHECK(q)) continue;
+                    vlm_quantize_ref(norm ? VLM_QF_F32 : fmt, lin[j].w, lin[j].n, lin[j].k, q);
+                    if (!CHECK(t->size == lay.total_bytes && memcmp(t->data, q, lay.total_bytes) == 0))
+                        fprintf(stderr, "  %s: %s differs from the resident fold\n", o.out_path, name);
+                    compared++;
+                }
+            }
+            CHECK_EQ(compared, 9 * tc->n_layers);
+            /* and the scales did something: at least one is not 1 */
+            int64_t not_one = 0;
+            for (int64_t j = 0; j < tc->n_layers * per; j++) not_one += scales[j] != 1.0f;
+            CHECK(not_one > 0);
+        }
+        free(q);
+        free(scales);
+        mbq_file_close(f);
+        tok_free(tok);
+        vlm_model_free(m);
+        cJSON_Delete(report);
+    }
 }

@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "golden.h"
+#include "runtime/model.h"
+#include "runtime/text_mode.h"
 #include "test.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
@@ -381,4 +383,38 @@ TEST(cli_tokenizer_larger_than_model) {
     CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
     snprintf(args, sizeof args, "--model %s/qwen %s 'hi'", dir, test_path("tests/data/images/single_40x50.png"));
     expect_error(args, 1, "embedding rows");
+}
+
+/* The stop ids vlmrun (and vlmeval --vqa) use: every eos_token_id of generation_config.json however many there are
+ * (an earlier fixed array kept 16), then the tokenizer's <|endoftext|> and <|im_end|> unless already listed; a
+ * malformed file is one error line naming it. Only the checkpoint directory of the model is read here. */
+TEST(cli_stop_ids_uncapped) {
+    const char *dir = test_tmpdir();
+    char path[1024], json[1024] = "{\"eos_token_id\": [";
+    for (int i = 0; i < 20; i++)
+        snprintf(json + strlen(json), sizeof json - strlen(json), "%s%d", i ? ", " : "", 100 + i);
+    strcat(json, ", 262]}"); /* <|im_end|> of the tokenizer below, listed once */
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    test_write_file(path, json, strlen(json));
+    struct vlm_model m = {.dir = (char *)dir};
+    struct vlm_tokenizer *tok = NULL;
+    int64_t *stop = NULL;
+    int n = 0;
+    if (!CHECK(tok_load_file(test_path("tests/data/calib/tiny_tokenizer.json"), &tok) == VLM_OK)) return;
+    if (CHECK(vlm_model_read_stop_ids(&m, NULL, &stop, &n) == VLM_OK) && CHECK_EQ(n, 21))
+        CHECK(stop[0] == 100 && stop[19] == 119 && stop[20] == 262);
+    free(stop);
+    stop = NULL;
+    if (CHECK(vlm_model_read_stop_ids(&m, tok, &stop, &n) == VLM_OK) && CHECK_EQ(n, 22))
+        CHECK(stop[20] == 262 && stop[21] == 260); /* <|endoftext|> added, <|im_end|> not twice */
+    free(stop);
+    stop = NULL;
+    test_write_file(path, "{\"eos_token_id\": [1,", 20);
+    char err[1024];
+    test_capture_begin();
+    enum vlm_status st = vlm_model_read_stop_ids(&m, tok, &stop, &n);
+    test_capture_end(err, sizeof err);
+    CHECK(st == VLM_ERR_FORMAT && stop == NULL);
+    CHECK_ERROR_LINE(err, "generation_config.json", "invalid JSON");
+    tok_free(tok);
 }

@@ -315,6 +315,23 @@ uint32_t test_rand_u32(void) {
 float test_rand_unit(void) { return ((float)(test_rand_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
 float test_rand_normal(void) { return sqrtf(-2.0f * logf(test_rand_unit())) * cosf(6.2831853f * test_rand_unit()); }
 
+const char *test_tiny_q_tokenized(bool text_mode) {
+    static char dirs[2][1024];
+    char *dir = dirs[text_mode];
+    if (dir[0]) return dir;
+    char cmd[8192];
+    snprintf(dir, sizeof dirs[0], "%s/tiny_q_%s", test_tmpdir(), text_mode ? "text" : "tok");
+    int k = snprintf(cmd, sizeof cmd, "mkdir -p '%s' && cp '%s'/* '%s'/ && cp '%s' '%s'/tokenizer.json", dir,
+                     test_path("tests/data/models/tiny_q"), dir, test_path("tests/data/calib/tiny_tokenizer.json"),
+                     dir);
+    if (text_mode && k > 0 && (size_t)k < sizeof cmd)
+        snprintf(cmd + k, sizeof cmd - (size_t)k,
+                 " && sed -i 's/\"image_token_index\": 1000,/\"image_token_index\": 263,/' '%s'/config.json && "
+                 "grep -q '\"image_token_index\": 263,' '%s'/config.json", dir, dir);
+    if (!CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0)) dir[0] = 0;
+    return dir;
+}
+
 const char *test_qwen2_tokenizer_path(void) {
     static char path[1024];
     if (path[0]) return path;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "runtime/model.h"
+#include "runtime/qwen2.h"
 #include "runtime/safetensors.h"
 #include "runtime/util.h"
 
@@ -702,4 +703,96 @@ TEST(model_load_estimate_tiny) {
     CHECK_EQ(e.params.vision, 2 * per_vit + 64 * 588 + 64 + 16 * 64 + 128);
     CHECK_EQ(e.params.text_linear, 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128));
     CHECK_EQ(e.params.lm_head, 0); /* tied */
+}
+
+/* Streamed decoder linears (the converter's load): the same weights as a full load, one layer at a time, and the
+ * stale layer's fields cleared, a drop forgetting caller changes, and the forward refusing the model. */
+TEST(model_load_streamed_layers) {
+    struct vlm_model *full = load_ok(test_path(TINY_SINGLE)), *m = NULL;
+    const struct vlm_load_opts lo = {.stream_decoder_linears = true};
+    char err[4096];
+    test_capture_begin();
+    enum vlm_status st = vlm_model_load_opts(test_path(TINY_SINGLE), &lo, &m);
+    test_capture_end(err, sizeof err);
+    if (!full || !CHECK(st == VLM_OK)) goto done;
+    const struct vlm_text_config *tc = &m->config.text;
+    const int64_t d = tc->hidden_size, f = tc->intermediate_size, qd = tc->n_heads * tc->head_dim,
+                  kvd = tc->n_kv_heads * tc->head_dim;
+    const int64_t layer_floats = qd * d + 2 * kvd * d + d * qd + 3 * f * d;
+    CHECK(tc->n_layers >= 2);
+    CHECK_EQ((int64_t)full->arena_floats - (int64_t)m->arena_floats, tc->n_layers * layer_floats);
+    CHECK_EQ((int64_t)vlm_model_resident_bytes(m), ((int64_t)m->arena_floats + layer_floats) * 4);
+    CHECK(m->w.layers[0].q_w == NULL && m->w.layers[1].down_w == NULL && m->w.layers[0].attn_norm != NULL);
+    CHECK(memcmp(m->w.embed, full->w.embed, (size_t)(m->w.n_vocab_rows * d) * sizeof(float)) == 0);
+    for (int64_t l = tc->n_layers - 1; l >= 0; l--) {
+        if (!CHECK(vlm_model_layer_load(m, l) == VLM_OK)) goto done;
+        const struct qwen2_layer_weights *a = &m->w.layers[l], *b = &full->w.layers[l];
+        CHECK(memcmp(a->q_w, b->q_w, (size_t)(qd * d) * sizeof(float)) == 0);
+        CHECK(memcmp(a->k_w, b->k_w, (size_t)(kvd * d) * sizeof(float)) == 0);
+        CHECK(memcmp(a->v_w, b->v_w, (size_t)(kvd * d) * sizeof(float)) == 0);
+        CHECK(memcmp(a->o_w, b->o_w, (size_t)(d * qd) * sizeof(float)) == 0);
+        CHECK(memcmp(a->gate_w, b->gate_w, (size_t)(f * d) * sizeof(float)) == 0);
+        CHECK(memcmp(a->up_w, b->up_w, (size_t)(f * d) * sizeof(float)) == 0);
+        CHECK(memcmp(a->down_w, b->down_w, (size_t)(d * f) * sizeof(float)) == 0);
+        CHECK(a->wdown.codes == a->down_w && a->wq.n == qd && a->wq.k == d);
+        if (l + 1 < tc->n_layers) /* the previous layer's fields no longer point at this layer's weights */
+            CHECK(m->w.layers[l + 1].q_w == NULL && m->w.layers[l + 1].wq.codes == NULL);
+    }
+    /* a cached layer keeps caller changes until dropped */
+    m->w.layers[0].up_w[5] += 1.0f;
+    CHECK(vlm_model_layer_load(m, 0) == VLM_OK && m->w.layers[0].up_w[5] == full->w.layers[0].up_w[5] + 1.0f);
+    vlm_model_layer_drop(m);
+    CHECK(m->w.layers[0].up_w == NULL);
+    CHECK(vlm_model_layer_load(m, 0) == VLM_OK && m->w.layers[0].up_w[5] == full->w.layers[0].up_w[5]);
+    CHECK(vlm_model_layer_load(m, tc->n_layers) == VLM_ERR_ARG && vlm_model_layer_load(m, -1) == VLM_ERR_ARG);
+    /* a fully loaded model: every layer is already there */
+    CHECK(vlm_model_layer_load(full, 1) == VLM_OK && vlm_model_resident_bytes(full) == full->arena_floats * 4);
+    /* the decoder forward needs all layers */
+    struct kv_cache kv;
+    float *x = calloc((size_t)d, sizeof(float)), *logits = calloc((size_t)m->w.n_vocab_rows, sizeof(float));
+    if (x && logits && CHECK(kv_cache_init(&kv, tc, 8) == VLM_OK)) {
+        test_capture_begin();
+        st = qwen2_forward(m, &kv, x, 1, logits, 0);
+        test_capture_end(err, sizeof err);
+        CHECK(st == VLM_ERR_UNSUPPORTED && strstr(err, "streamed"));
+        kv_cache_free(&kv);
+    }
+    free(x), free(logits);
+done:
+    vlm_model_free(full);
+    vlm_model_free(m);
+}
+
+/* A non-finite decoder weight in a streamed load is found when its layer is widened: one line, the tensor named. */
+TEST(model_load_streamed_non_finite) {
+    struct wlist l;
+    struct vlm_model *m = NULL;
+    float *copy = NULL;
+    if (!wlist_load(&l, TINY_SINGLE)) return;
+    struct wt *t = wlist_find(&l, "language_model.model.layers.1.mlp.up_proj.weight");
+    if (!t || !(copy = malloc(t->bytes))) goto done;
+    memcpy(copy, t->data, t->bytes);
+    copy[9] = NAN;
+    t->data = copy;
+    const char *dir = test_tmpdir();
+    write_tensors(&l, dir, "model.safetensors", 0, 1);
+    copy_configs(TINY_SINGLE, dir, NULL, NULL, NULL, NULL);
+    const struct vlm_load_opts lo = {.stream_decoder_linears = true};
+    char err[4096];
+    test_capture_begin();
+    enum vlm_status st = vlm_model_load_opts(dir, &lo, &m);
+    test_capture_end(err, sizeof err);
+    if (!CHECK(st == VLM_OK)) goto done;
+    CHECK(vlm_model_layer_load(m, 0) == VLM_OK);
+    test_capture_begin();
+    st = vlm_model_layer_load(m, 1);
+    test_capture_end(err, sizeof err);
+    CHECK(st == VLM_ERR_FORMAT);
+    CHECK(strstr(err, "'language_model.model.layers.1.mlp.up_proj.weight'") && strstr(err, "element 9"));
+    CHECK(strchr(err, '\n') && strchr(err, '\n')[1] == '\0');
+    CHECK(m->w.layers[1].q_w == NULL && m->w.layers[1].up_w == NULL && m->w.layers[0].q_w == NULL);
+done:
+    vlm_model_free(m);
+    free(copy);
+    st_checkpoint_close(l.ck);
 }

@@ -172,45 +172,17 @@ static enum vlm_status render(enum chat_template tmpl, const char *system, const
 /* ---------------------------------------------------------------------------------------------------------------
  * Text */
 
-/* A growing byte buffer, always NUL-terminated once something was appended. */
-struct strbuf {
-    char *s;
-    size_t n, cap;
-};
-
-static bool sb_add(struct strbuf *b, const char *s, size_t n) {
-    size_t need;
-    if (!vlm_size_add(b->n, n, &need) || !vlm_size_add(need, 1, &need)) {
-        vlm_log_error("chat: prompt text too long");
-        return false;
-    }
-    if (need > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-        char *p = realloc(b->s, cap);
-        if (!p) {
-            vlm_log_error("chat: out of memory for %zu bytes of prompt text", cap);
-            return false;
-        }
-        b->s = p, b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-    return true;
-}
-
 enum vlm_status chat_render_text(enum chat_template tmpl, const char *system, const struct chat_msg *msgs,
                                  int n_msgs, bool add_generation_prompt, char **out) {
     struct segs g = {0};
-    struct strbuf b = {0};
+    struct vlm_str b = {0};
     enum vlm_status st = render(tmpl, system, msgs, n_msgs, add_generation_prompt, &g);
     for (size_t i = 0; st == VLM_OK && i < g.n; i++)
-        if (!sb_add(&b, g.v[i].s, strlen(g.v[i].s))) st = VLM_ERR_OOM;
-    if (st == VLM_OK && !b.s && !sb_add(&b, "", 0)) st = VLM_ERR_OOM;
+        if (!vlm_str_append(&b, g.v[i].s, strlen(g.v[i].s), "chat: prompt text")) st = VLM_ERR_OOM;
+    if (st == VLM_OK && !b.s && !vlm_str_append(&b, "", 0, "chat: prompt text")) st = VLM_ERR_OOM;
     free(g.v);
     if (st != VLM_OK) {
-        free(b.s);
+        vlm_str_free(&b);
         return st;
     }
     *out = b.s;
@@ -245,11 +217,11 @@ static bool ids_reserve(struct idbuf *b, size_t count) {
 }
 
 /* Encodes the pending text run (plain text: parse_special = false) onto b and empties it. */
-static enum vlm_status flush_text(const struct vlm_tokenizer *t, struct strbuf *run, struct idbuf *b) {
-    if (run->n == 0) return VLM_OK;
+static enum vlm_status flush_text(const struct vlm_tokenizer *t, struct vlm_str *run, struct idbuf *b) {
+    if (run->len == 0) return VLM_OK;
     int64_t *ids = NULL;
     size_t n = 0;
-    enum vlm_status st = tok_encode(t, run->s, run->n, false, &ids, &n);
+    enum vlm_status st = tok_encode(t, run->s, run->len, false, &ids, &n);
     if (st != VLM_OK) return st;
     if (ids_reserve(b, n)) {
         memcpy(b->v + b->n, ids, n * sizeof *ids);
@@ -258,7 +230,7 @@ static enum vlm_status flush_text(const struct vlm_tokenizer *t, struct strbuf *
         st = VLM_ERR_OOM;
     }
     free(ids);
-    run->n = 0;
+    run->len = 0;
     return st;
 }
 
@@ -287,7 +259,7 @@ enum vlm_status chat_render(const struct vlm_tokenizer *t, enum chat_template tm
     }
 
     struct segs g = {0};
-    struct strbuf run = {0};
+    struct vlm_str run = {0};
     struct idbuf b = {0};
     int k_img = 0;
     enum vlm_status st = render(tmpl, system, msgs, n_msgs, add_generation_prompt, &g);
@@ -305,7 +277,7 @@ enum vlm_status chat_render(const struct vlm_tokenizer *t, enum chat_template tm
             break;
         }
         if (id < 0) { /* text, or a special string this tokenizer does not have: it stays text */
-            if (!sb_add(&run, s->s, strlen(s->s))) st = VLM_ERR_OOM;
+            if (!vlm_str_append(&run, s->s, strlen(s->s), "chat: prompt text")) st = VLM_ERR_OOM;
             continue;
         }
         if ((st = flush_text(t, &run, &b)) != VLM_OK) break;
@@ -318,7 +290,7 @@ enum vlm_status chat_render(const struct vlm_tokenizer *t, enum chat_template tm
     if (st == VLM_OK) st = flush_text(t, &run, &b);
     if (st == VLM_OK && !b.v && !ids_reserve(&b, 1)) st = VLM_ERR_OOM; /* a freeable array even when empty */
     free(g.v);
-    free(run.s);
+    vlm_str_free(&run);
     if (st != VLM_OK) {
         free(b.v);
         return st;
