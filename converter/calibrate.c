@@ -99,6 +99,11 @@ static enum vlm_status sensitivity(struct vlm_model *m, const struct conv_calib 
     return st;
 }
 
+void conv_fold_layer_linears(struct vlm_model *m, int64_t l, float *table) {
+    for (int g = 0; g < 3; g++)
+        conv_fold_linears(m, l, (enum conv_group)g, conv_scales_group(table, &m->config.text, l, g));
+}
+
 enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *tok, const struct conv_calib_opts *o,
                                cJSON *report, float **scales) {
     const struct vlm_text_config *tc = &m->config.text;
@@ -151,7 +156,8 @@ enum vlm_status conv_calibrate(struct vlm_model *m, const struct vlm_tokenizer *
         /* the next layer's input comes from the float layer before any of this layer's scales (mbq.md §6 step 1);
          * every group is searched on the unscaled layer, then the scales are folded */
         if ((st = conv_layer_forward(&b, h2)) != VLM_OK) goto done;
-        float *sv[3] = {table + l * per_layer, table + l * per_layer + d, table + l * per_layer + 2 * d};
+        float *sv[3] = {conv_scales_group(table, tc, l, 0), conv_scales_group(table, tc, l, 1),
+                        conv_scales_group(table, tc, l, 2)};
         for (int g = 0; g < 3; g++) {
             const int64_t k = g == CONV_GROUP_DOWN ? f : d;
             float alpha = 0.5f;

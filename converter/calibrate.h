@@ -28,6 +28,14 @@ struct conv_calib_opts {
 static inline int64_t conv_scales_per_layer(const struct vlm_text_config *tc) {
     return 2 * tc->hidden_size + tc->intermediate_size;
 }
+/* Group g's scales of layer l in such a table (g = 0, 1, 2: QKV, GATE_UP, DOWN of converter/search.h). */
+static inline float *conv_scales_group(float *table, const struct vlm_text_config *tc, int64_t l, int g) {
+    return table + l * conv_scales_per_layer(tc) + g * tc->hidden_size;
+}
+
+/* Folds layer l's share of a conv_calibrate scales table into its (widened) linears: conv_fold_linears of QKV,
+ * GATE_UP, DOWN in that order, the order the calibration folded the norms and conv_fold_group would fold both. */
+void conv_fold_layer_linears(struct vlm_model *m, int64_t l, float *table);
 
 /* Loads the calibration samples (with tok and m's float vision path), measures MBQ's modality sensitivity when
  * asked, and chooses each layer's scales, walking the decoder one layer at a time (m may be streamed:

@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "converter/calibrate.h"
-#include "converter/search.h"
 #include "kernels/cpu/qgemm.h"
 #include "kernels/ops.h"
 #include "runtime/mbq_file.h"
@@ -260,12 +259,7 @@ enum vlm_status conv_run(const struct conv_options *o) {
         enum vlm_qformat f = (enum vlm_qformat)decls[i].dtype;
         if (s->kind == MBQ_SLOT_LINEAR && s->layer != widened) { /* slots come layer by layer */
             if ((st = vlm_model_layer_load(m, s->layer)) != VLM_OK) goto fail;
-            if (scales) /* the calibration's scales, in the order the search chose them (conv_fold_group's) */
-                for (int g = 0; g < 3; g++) {
-                    const int64_t off[3] = {0, m->config.text.hidden_size, 2 * m->config.text.hidden_size};
-                    conv_fold_linears(m, s->layer, (enum conv_group)g,
-                                      scales + s->layer * conv_scales_per_layer(&m->config.text) + off[g]);
-                }
+            if (scales) conv_fold_layer_linears(m, s->layer, scales); /* the calibration's scales */
             widened = s->layer;
         }
         int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;

@@ -181,7 +181,7 @@ TEST(calibrate_streamed_write_matches_resident_fold) {
             int64_t compared = 0;
             for (int64_t l = 0; l < tc->n_layers; l++) {
                 for (int g = 0; g < 3; g++)
-                    conv_fold_linears(m, l, (enum conv_group)g, scales + l * per + (g == 0 ? 0 : g == 1 ? d : 2 * d));
+                    conv_fold_linears(m, l, (enum conv_group)g, conv_scales_group(scales, tc, l, g));
                 struct qwen2_layer_weights *L = &m->w.layers[l];
                 const struct {
                     const char *name;
