@@ -84,9 +84,20 @@ const char *test_tiny_q_tokenized(bool text_mode);
 uint32_t test_rand_u32(void);
 float test_rand_unit(void);   /* uniform in (0, 1) */
 float test_rand_normal(void); /* N(0, 1), Box-Muller */
+/* The same generator on a caller's own state, for a file whose data (and the margins its bounds were measured
+ * with) must not depend on which cases ran before it. */
+uint32_t test_rng_u32(uint64_t *state);
+float test_rng_unit(uint64_t *state);
+float test_rng_normal(uint64_t *state);
 
 /* Max abs difference and cosine similarity of two vectors. */
 double test_max_abs_diff(const float *a, const float *b, int64_t n);
+/* Normalised mean squared error Σ(got − ref)² / Σref² (the plain sum when ref is all zero), in double. */
+double test_nmse(const float *got, const float *ref, int64_t n);
+/* A quiet load (the summary line captured) of rel_dir under the source tree, the decoder's linears streamed when
+ * asked (vlm_load_opts); NULL after a failed CHECK. */
+struct vlm_model;
+struct vlm_model *test_load_model(const char *rel_dir, bool stream);
 double test_cosine(const float *a, const float *b, int64_t n);
 
 #endif

@@ -13,16 +13,7 @@
 #include "runtime/model.h"
 #include "test.h"
 
-static struct vlm_model *load_tiny_q_opts(bool stream) {
-    struct vlm_model *m = NULL;
-    const struct vlm_load_opts lo = {.stream_decoder_linears = stream};
-    test_capture_begin(); /* the load summary line */
-    enum vlm_status st = vlm_model_load_opts(test_path("tests/data/models/tiny_q"), &lo, &m);
-    char buf[512];
-    test_capture_end(buf, sizeof buf);
-    if (!CHECK(st == VLM_OK)) return NULL;
-    return m;
-}
+static struct vlm_model *load_tiny_q_opts(bool stream) { return test_load_model("tests/data/models/tiny_q", stream); }
 
 static struct vlm_model *load_tiny_q(void) { return load_tiny_q_opts(false); }
 

@@ -1,6 +1,8 @@
 /* test_main.c — runner for every TEST registered by the test_*.c files. See test.h. */
 #include "test.h"
 
+#include "runtime/model.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -250,6 +252,26 @@ double test_max_abs_diff(const float *a, const float *b, int64_t n) {
     return m;
 }
 
+double test_nmse(const float *got, const float *ref, int64_t n) {
+    double e = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)got[i] - ref[i];
+        e += d * d;
+        s += (double)ref[i] * ref[i];
+    }
+    return s > 0 ? e / s : e;
+}
+
+struct vlm_model *test_load_model(const char *rel_dir, bool stream) {
+    struct vlm_model *m = NULL;
+    const struct vlm_load_opts lo = {.stream_decoder_linears = stream};
+    test_capture_begin();
+    enum vlm_status st = vlm_model_load_opts(test_path(rel_dir), &lo, &m);
+    test_capture_end(NULL, 0);
+    if (!CHECK(st == VLM_OK)) return NULL;
+    return m;
+}
+
 double test_cosine(const float *a, const float *b, int64_t n) {
     double ab = 0, aa = 0, bb = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -307,13 +329,17 @@ int main(int argc, char **argv) {
     return failed > 0 ? 1 : 0;
 }
 
-static uint64_t g_test_rng = 0x9e3779b97f4a7c15ull;
-uint32_t test_rand_u32(void) {
-    g_test_rng ^= g_test_rng << 13, g_test_rng ^= g_test_rng >> 7, g_test_rng ^= g_test_rng << 17;
-    return (uint32_t)(g_test_rng >> 16);
+uint32_t test_rng_u32(uint64_t *r) {
+    *r ^= *r << 13, *r ^= *r >> 7, *r ^= *r << 17;
+    return (uint32_t)(*r >> 16);
 }
-float test_rand_unit(void) { return ((float)(test_rand_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
-float test_rand_normal(void) { return sqrtf(-2.0f * logf(test_rand_unit())) * cosf(6.2831853f * test_rand_unit()); }
+float test_rng_unit(uint64_t *r) { return ((float)(test_rng_u32(r) & 0xffffff) + 0.5f) / 16777216.0f; }
+float test_rng_normal(uint64_t *r) { return sqrtf(-2.0f * logf(test_rng_unit(r))) * cosf(6.2831853f * test_rng_unit(r)); }
+
+static uint64_t g_test_rng = 0x9e3779b97f4a7c15ull;
+uint32_t test_rand_u32(void) { return test_rng_u32(&g_test_rng); }
+float test_rand_unit(void) { return test_rng_unit(&g_test_rng); }
+float test_rand_normal(void) { return test_rng_normal(&g_test_rng); }
 
 const char *test_tiny_q_tokenized(bool text_mode) {
     static char dirs[2][1024];

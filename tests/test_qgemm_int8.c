@@ -87,16 +87,6 @@ static void run_int8(enum cpu_isa isa, float *y, const float *x, const struct vl
     free(scr);
 }
 
-static double nmse(const float *got, const float *ref, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        e += d * d;
-        s += (double)ref[i] * ref[i];
-    }
-    return s > 0 ? e / s : e;
-}
-
 static const enum vlm_qformat k_fmts[3] = {VLM_QF_W3G128, VLM_QF_W4G128, VLM_QF_W4A8};
 
 /* One shape: every ISA level vs the scalar level, the scalar level vs the reference statement. */
@@ -125,7 +115,7 @@ static void check_shape(enum vlm_qformat f, int64_t n, int64_t k, int64_t M, boo
                 FAIL("w4a8 %s n=%lld k=%lld M=%lld: not bit-identical to scalar", isa_str(isas[i]), (long long)n,
                      (long long)k, (long long)M);
         } else {
-            double e = nmse(yv, ys, M * n);
+            double e = test_nmse(yv, ys, M * n);
             if (!(e <= 1e-10))
                 FAIL("%s %s n=%lld k=%lld M=%lld: NMSE vs scalar %.3g > 1e-10", vlm_qformat_name(f), isa_str(isas[i]),
                      (long long)n, (long long)k, (long long)M, e);
@@ -190,7 +180,7 @@ TEST(int8_gemm_m729) {
                 if (memcmp(yv, ys, (size_t)(M * n) * 4) != 0)
                     FAIL("w4a8 %s M=729: not bit-identical to scalar", isa_str(isas[i]));
             } else {
-                double e = nmse(yv, ys, M * n);
+                double e = test_nmse(yv, ys, M * n);
                 if (!(e <= 1e-10))
                     FAIL("%s %s M=729: NMSE vs scalar %.3g > 1e-10", vlm_qformat_name(k_fmts[fi]), isa_str(isas[i]), e);
             }
@@ -215,7 +205,7 @@ TEST(int8_a8_vs_exact_reference) {
             float *ya = malloc((size_t)(M * n) * 4), *ye = malloc((size_t)(M * n) * 4);
             cpu_qlinear_a8_ref(ya, x, &q.m, NULL, M);
             cpu_qlinear_ref(ye, x, &q.m, NULL, M);
-            double e = nmse(ya, ye, M * n);
+            double e = test_nmse(ya, ye, M * n);
             if (test_verbose()) fprintf(stderr, "  %s k=%lld: NMSE A8 vs exact %.3g\n", vlm_qformat_name(k_fmts[fi]),
                                         (long long)k, e);
             if (!(e <= 5e-4)) FAIL("%s k=%lld: NMSE %.3g > 5e-4", vlm_qformat_name(k_fmts[fi]), (long long)k, e);
@@ -281,7 +271,7 @@ TEST(int8_nonfinite_inputs) {
                     }
                 }
             if (i > 0 && k_fmts[fi] == VLM_QF_W4A8) CHECK(memcmp(yv, ys, (size_t)n * 4) == 0);
-            if (i > 0 && k_fmts[fi] != VLM_QF_W4A8) CHECK(nmse(yv, ys, n) <= 1e-10);
+            if (i > 0 && k_fmts[fi] != VLM_QF_W4A8) CHECK(test_nmse(yv, ys, n) <= 1e-10);
         }
         free(q.blob);
     }
@@ -308,7 +298,7 @@ TEST(int8_through_cpu_qlinear) {
             CHECK(cpu_qlinear(&c, y, x, &q.m, NULL, M) == VLM_OK);
             cpu_qlinear_a8_ref(yr, x, &q.m, NULL, M);
             if (k_fmts[fi] == VLM_QF_W4A8) CHECK(memcmp(y, yr, (size_t)(M * n) * 4) == 0);
-            else CHECK(nmse(y, yr, M * n) <= 1e-10);
+            else CHECK(test_nmse(y, yr, M * n) <= 1e-10);
             cpu_qctx_free(&c);
             free(y), free(yr), free(q.blob), free(w), free(x);
         }

@@ -15,23 +15,8 @@
 
 #define SENTINEL 1234.5f
 
-static uint64_t g_rng = 0x243f6a8885a308d3ull;
-static uint32_t rnd_u32(void) {
-    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
-    return (uint32_t)(g_rng >> 16);
-}
-static float rnd_unit(void) { return ((float)(rnd_u32() & 0xffffff) + 0.5f) / 16777216.0f; }
-static float rnd_normal(void) { return sqrtf(-2.0f * logf(rnd_unit())) * cosf(6.2831853f * rnd_unit()); }
+static uint64_t g_rng = 0x243f6a8885a308d3ull; /* this file's own stream (test.h) */
 
-static double nmse(const float *got, const float *ref, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = (double)got[i] - ref[i];
-        e += d * d;
-        s += (double)ref[i] * ref[i];
-    }
-    return s > 0 ? e / s : e;
-}
 
 /* The row split a 2-thread dispatcher makes: a multiple of 16 near the middle. */
 static int64_t split_row(int64_t n) {
@@ -43,11 +28,11 @@ static int64_t split_row(int64_t n) {
  * point term's magnitude), so the −z·Σa fold is exercised with Σa far from 0. */
 static void check_case(enum vlm_qformat f, int64_t n, int64_t k, int64_t M, bool bias) {
     float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4), *b = malloc((size_t)n * 4);
-    for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal() * 0.05f + (i % 5 == 0 ? 0.03f : 0.0f);
-    for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal() + (i % 3 == 0 ? 1.5f : 0.0f);
+    for (int64_t i = 0; i < n * k; i++) w[i] = test_rng_normal(&g_rng) * 0.05f + (i % 5 == 0 ? 0.03f : 0.0f);
+    for (int64_t i = 0; i < M * k; i++) x[i] = test_rng_normal(&g_rng) + (i % 3 == 0 ? 1.5f : 0.0f);
     if (k >= 256)
         for (int64_t i = 0; i < 128; i++) x[128 + i] = 0.0f; /* token 0, group 1: all zero */
-    for (int64_t i = 0; i < n; i++) b[i] = rnd_normal();
+    for (int64_t i = 0; i < n; i++) b[i] = test_rng_normal(&g_rng);
     struct vlm_qlayout QL;
     CHECK(vlm_qlayout(f, n, k, &QL, NULL));
     void *blob = aligned_alloc(64, (QL.total_bytes + 63) / 64 * 64);
@@ -88,7 +73,7 @@ static void check_case(enum vlm_qformat f, int64_t n, int64_t k, int64_t M, bool
                  (long long)M, bias);
     } else {
         cpu_qlinear_a8_ref(yr, x, &q, bp, M);
-        double e = nmse(y, yr, M * n);
+        double e = test_nmse(y, yr, M * n);
         if (!(e <= 1e-10))
             FAIL("%s n=%lld k=%lld M=%lld bias=%d: NMSE vs cpu_qlinear_a8_ref %.3g > 1e-10", vlm_qformat_name(f),
                  (long long)n, (long long)k, (long long)M, bias, e);
@@ -131,8 +116,8 @@ TEST(qgemv_int8_nonfinite_token) {
     for (size_t fi = 0; fi < 3; fi++) {
         enum vlm_qformat f = fmts[fi];
         float *w = malloc((size_t)(n * k) * 4), *x = malloc((size_t)(M * k) * 4);
-        for (int64_t i = 0; i < n * k; i++) w[i] = rnd_normal();
-        for (int64_t i = 0; i < M * k; i++) x[i] = rnd_normal();
+        for (int64_t i = 0; i < n * k; i++) w[i] = test_rng_normal(&g_rng);
+        for (int64_t i = 0; i < M * k; i++) x[i] = test_rng_normal(&g_rng);
         x[1 * k + 300] = INFINITY;
         struct vlm_qlayout QL;
         CHECK(vlm_qlayout(f, n, k, &QL, NULL));

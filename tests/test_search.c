@@ -83,11 +83,8 @@ static void make_batch(const struct vlm_model *m, bool outliers, struct batch *b
 }
 
 TEST(search_layer_properties) {
-    struct vlm_model *m = NULL;
-    test_capture_begin();
-    enum vlm_status st = vlm_model_load(test_path("tests/data/models/tiny_q"), &m);
-    test_capture_end(NULL, 0);
-    if (!CHECK(st == VLM_OK)) return;
+    struct vlm_model *m = test_load_model("tests/data/models/tiny_q", false);
+    if (!m) return;
     const int64_t d = m->config.text.hidden_size, f = m->config.text.intermediate_size;
     for (int outl = 0; outl < 2; outl++) {
         struct batch bt;
@@ -137,11 +134,8 @@ TEST(search_layer_properties) {
 /* Folding the scales changes no float result: logits of a prompt before and after folding every group of every
  * layer with arbitrary positive scales agree to float rounding. */
 TEST(search_fold_is_exact_in_float) {
-    struct vlm_model *m = NULL;
-    test_capture_begin();
-    enum vlm_status st = vlm_model_load(test_path("tests/data/models/tiny_q"), &m);
-    test_capture_end(NULL, 0);
-    if (!CHECK(st == VLM_OK)) return;
+    struct vlm_model *m = test_load_model("tests/data/models/tiny_q", false);
+    if (!m) return;
     const int64_t d = m->config.text.hidden_size, f = m->config.text.intermediate_size, V = m->w.n_vocab_rows;
     const int64_t ids[] = {1002, 17, 10, 22, 41, 99, 300, 7, 512, 63, 1003, 10};
     const int64_t n = 12;
