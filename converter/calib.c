@@ -206,19 +206,6 @@ enum vlm_status conv_calib_pad_square(const struct vlm_image *img, const struct 
     return VLM_OK;
 }
 
-/* The float value of each uint8 level per channel. Same computation as build_level_table in vision/preprocess.c
- * (static there; replicated rather than changing the vision sources): float32(double(u) * rescale_factor), then
- * (x - mean) / std in float32. */
-static void level_table(const struct vlm_preproc_config *pp, float lut[3][256]) {
-    for (int ch = 0; ch < 3; ch++) {
-        for (int u = 0; u < 256; u++) {
-            float x = pp->do_rescale ? (float)((double)u * pp->rescale_factor) : (float)u;
-            if (pp->do_normalize) x = (x - pp->image_mean[ch]) / pp->image_std[ch];
-            lut[ch][u] = x;
-        }
-    }
-}
-
 enum vlm_status conv_calib_pad_pixels(const struct vlm_image *img, const struct vlm_model *m, float **out_pixels) {
     if (!m || !out_pixels) {
         vlm_log_error("calibration: pad: missing model");
@@ -244,7 +231,7 @@ enum vlm_status conv_calib_pad_pixels(const struct vlm_image *img, const struct 
     if (!resized || !pixels) goto fail;
     if ((st = img_resize_bicubic_u8(sq.rgb, sq.height, sq.width, 3, resized, S, S)) != VLM_OK) goto fail;
     float lut[3][256];
-    level_table(pp, lut);
+    img_level_table(pp, lut);
     for (size_t i = 0; i < plane; i++)
         for (int ch = 0; ch < 3; ch++) pixels[(size_t)ch * plane + i] = lut[ch][resized[3 * i + (size_t)ch]];
     img_free(&sq);

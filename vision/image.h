@@ -69,6 +69,11 @@ int64_t img_num_image_tokens(const struct vlm_config *c, const struct vlm_prepro
 
 /* Preprocesses img into pixel values (n_crops, 3, size_h, size_w) float32, crop order [base, tiles row-major].
  * *out_pixels is malloc'd (caller frees). */
+/* The float value of every uint8 level per channel as transformers computes it: float32(double(u) * rescale_factor),
+ * then (x - mean) / std in float32 (each step only when the config enables it). img_preprocess uses it for every
+ * crop; the converter's calibration view (one padded square) uses the same table. */
+void img_level_table(const struct vlm_preproc_config *pp, float lut[3][256]);
+
 enum vlm_status img_preprocess(const struct vlm_image *img, const struct vlm_config *c,
                                const struct vlm_preproc_config *pp, const struct img_layout *layout,
                                float **out_pixels);

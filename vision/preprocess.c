@@ -381,7 +381,7 @@ int64_t img_num_image_tokens(const struct vlm_config *c, const struct vlm_prepro
 /* The float value of every uint8 level for each channel, computed as transformers does: x = float32(double(u) *
  * rescale_factor) (numpy upcasts to float64, multiplies, casts back), then y = (x - mean) / std in float32.
  * Without do_rescale x = float32(u); without do_normalize y = x. */
-static void build_level_table(const struct vlm_preproc_config *pp, float lut[3][256]) {
+void img_level_table(const struct vlm_preproc_config *pp, float lut[3][256]) {
     for (int ch = 0; ch < 3; ch++) {
         for (int u = 0; u < 256; u++) {
             float x = pp->do_rescale ? (float)((double)u * pp->rescale_factor) : (float)u;
@@ -446,7 +446,7 @@ enum vlm_status img_preprocess(const struct vlm_image *img, const struct vlm_con
         goto fail;
     }
     float lut[3][256];
-    build_level_table(pp, lut);
+    img_level_table(pp, lut);
 
     /* crop 0: the whole image straight to S x S (aspect ratio not kept, no padding) */
     if ((st = img_resize_bicubic_u8(img->rgb, img->height, img->width, 3, base, S, S)) != VLM_OK) goto fail;
