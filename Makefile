@@ -41,8 +41,11 @@ CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 CXXFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDLIBS  += -fsanitize=address,undefined
 endif
-NVFLAGS := -O2 -std=c++17 -Iinclude -I. -gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 \
-           -gencode arch=compute_90,code=sm_90
+# CUDA_ARCH: the GPU generations compiled for (A100, L4/RTX 40xx, H100/H200); one arch compiles 3x faster while
+# developing, e.g. CUDA_ARCH=90.
+CUDA_ARCH ?= 80 89 90
+NVFLAGS := -O2 -std=c++17 -Iinclude -I. -Xcompiler -Wall $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+           $(EXTRA_NVFLAGS)
 
 LIB_SRC  := $(sort $(wildcard runtime/*.c kernels/*.c kernels/cpu/*.c vision/*.c tokenizer/*.c converter/*.c))
 LIB_SRC  := $(filter-out runtime/main.c runtime/eval.c converter/convert.c,$(LIB_SRC))
@@ -54,7 +57,9 @@ CU_OBJ   := $(CU_SRC:%.cu=$(BUILD)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 ifeq ($(CUDA),1)
 LIB_OBJ  := $(filter-out $(BUILD)/kernels/cuda_stub.o,$(LIB_OBJ)) $(CU_OBJ)
-LDLIBS   += -L$(dir $(NVCC_PATH))../lib64 -lcudart_static -ldl -lrt -lstdc++
+CUDA_LIB := $(abspath $(dir $(NVCC_PATH))../lib64)
+# cudart static (no runtime file to find); cuBLAS dynamic (the static one adds ~100 MB per binary), found via rpath
+LDLIBS   += -L$(CUDA_LIB) -Wl,-rpath,$(CUDA_LIB) -lcublas -lcudart_static -ldl -lrt -lstdc++
 endif
 
 VLMRUN   := $(BUILD)/vlmrun
@@ -64,8 +69,13 @@ RUNTESTS := $(BUILD)/tests/run_tests
 
 all: $(VLMRUN) $(VLMCONV) $(VLMEVAL) ## build vlmrun, vlmconvert, vlmeval (and the CUDA objects when enabled)
 
-$(BUILD)/libvlm.a: $(LIB_OBJ)
-	$(Q)rm -f $@ && ar rcs $@ $^  # from scratch: `ar r` would keep members of deleted sources
+# CUDA=0 and CUDA=1 share $(BUILD): a stamp per setting makes switching rebuild the archive (else a stale one could
+# link the stubs, or the CUDA objects, silently)
+CUDA_STAMP := $(BUILD)/.cuda-$(CUDA)
+$(CUDA_STAMP):
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/.cuda-0 $(BUILD)/.cuda-1 && touch $@
+$(BUILD)/libvlm.a: $(LIB_OBJ) $(CUDA_STAMP)
+	$(Q)rm -f $@ && ar rcs $@ $(LIB_OBJ)  # from scratch: `ar r` would keep members of deleted sources
 
 $(VLMRUN): $(BUILD)/runtime/main.o $(BUILD)/libvlm.a
 	@echo "  LD    $@"
@@ -101,10 +111,22 @@ $(BUILD)/%.o: %.cc
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"
-	$(Q)$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(Q)$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
 
 test: $(VLMRUN) $(VLMCONV) $(VLMEVAL) $(RUNTESTS) ## run every test (SAN=1: under ASan+UBSan)
 	$(RUNTESTS)
+
+# The CUDA kernels and tests on the CPU, every CUDA thread a coroutine (tests/cuda_emu/README.md); the library comes
+# from the SAN=1 build, so that runs first. Twice: warps scheduled first-to-last, then last-to-first.
+include tests/cuda_emu/cuda_emu.mk
+# schedules the emulator runs every warp in: forward and reverse between barriers expose different missing ones
+EMU_ORDERS ?= forward reverse
+test-cuda-emu: ## run the CUDA tests under the CPU emulator with ASan+UBSan (no GPU or nvcc needed; build-emu/)
+	$(Q)$(MAKE) --no-print-directory SAN=1 build-san/libvlm.a build-san/runtime/main.o build-san/converter/convert.o
+	$(Q)$(MAKE) --no-print-directory $(EMU_BIN)
+	$(if $(EMU_LEFT_OUT),@echo "test-cuda-emu: $(EMU_LEFT_OUT)")
+	$(Q)for o in $(EMU_ORDERS); do echo "test-cuda-emu: warps $$o"; VLM_EMU_ORDER=$$o $(EMU_OUT)/tests/run_tests -k cuda \
+	    || exit 1; done
 
 cuda-objs: $(CU_OBJ) ## compile (not run) the CUDA objects
 	@echo "CUDA objects compiled: $(words $(CU_OBJ))"
@@ -146,8 +168,12 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libvlm.a $(wildcard tools/*.h)
 	@echo "  LD    $@"
 	$(Q)$(CC) $(CFLAGS) -DVLM_SRC_DIR='"$(CURDIR)"' -o $@ $< $(BUILD)/libvlm.a $(LDLIBS)
 
-bench: $(BENCH_BIN) ## run every benchmark (tools/bench_*.c); results go to stdout and bench/
-	@for b in $(BENCH_BIN); do echo "  BENCH $$b"; $$b || exit 1; done
+BENCH_CPU := $(filter-out $(BUILD)/tools/bench_cuda%,$(BENCH_BIN))
+bench: $(BENCH_CPU) ## run the CPU benchmarks (tools/bench_*.c but bench_cuda*); results go to stdout and bench/
+	@for b in $(BENCH_CPU); do echo "  BENCH $$b"; $$b || exit 1; done
+
+bench-cuda: $(BUILD)/tools/bench_cuda $(BUILD)/tools/bench_cuda_model $(VLMCONV) ## GPU benchmarks -> bench/cuda_*.md
+	BUILD=$(BUILD) tools/bench_cuda.sh bench
 
 eval: $(VLMCONV) $(VLMEVAL) ## quantize with every method and compare to FP32 (vlmeval); writes bench/eval.md
 	BUILD=$(BUILD) tools/eval.sh
@@ -156,7 +182,7 @@ fixtures: ## regenerate tests/golden and tests/data fixtures (needs tools/requir
 	python3 tools/make_fixtures.py
 
 clean: ## remove build outputs
-	rm -rf build build-san build-fuzz
+	rm -rf build build-san build-fuzz build-emu
 
-.PHONY: all test cuda-objs fuzz bench eval fixtures clean
+.PHONY: all test test-cuda-emu cuda-objs fuzz bench bench-cuda eval fixtures clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

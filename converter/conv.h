@@ -27,7 +27,12 @@ struct conv_options {
     /* calibrated methods (AWQ, SmoothQuant, MBQ): converter/calibrate.h */
     const char *calib_path;     /* ShareGPT4V-style JSON; images relative to it */
     int64_t n_samples;
-    uint64_t seed;
+    uint64_t seed;              /* also the seed of --random's values */
+    /* --random (conv_random_run; model_dir unused): "0.5b", "7b", "72b" or the path of an HF config.json */
+    const char *random;
+    int64_t n_layers;           /* decoder layers kept (first n_layers); 0: all */
+    int64_t n_vision_layers;    /* vision layers kept; 0: all */
+    size_t random_chunk_bytes;  /* write buffer bytes; below 8 (0): 16 MB. Tests pass odd sizes: same values */
 };
 
 /* y (M, N) = x (M, K) · Wᵀ + b for a float32 weight array of the model being converted: the fast f32 GEMM through
@@ -40,8 +45,31 @@ void conv_linear_f32(const struct vlm_model *m, float *y, const float *x, const 
 /* The weight format of the decoder linears under o (f32/f16/bf16 for the float methods). */
 enum vlm_qformat conv_linear_format(const struct conv_options *o);
 
+/* The stored format of one tensor of runtime/model_mbq.h's table under o: decoder linears in
+ * conv_linear_format(o), embedding and head in o->embed_fmt / o->head_fmt, other 2-D and 4-D tensors (vision
+ * tower, projector) in o->float_fmt, 1-D tensors (norms, biases, image_newline) in f32. */
+struct mbq_slot;
+enum vlm_qformat conv_slot_format(const struct conv_options *o, const struct mbq_slot *s);
+
 /* Loads o->model_dir, writes o->out_path. Every failure logs one line naming the file and the problem and leaves
  * no file at out_path (and an existing one untouched). */
 enum vlm_status conv_run(const struct conv_options *o);
+
+/* vlmconvert --random (converter/conv_random.c): writes o->out_path, a .mbq of the architecture o->random names
+ * (a published size, or an HF config.json with the preprocessor_config.json / generation_config.json beside it
+ * when present), cut to o->n_layers / o->n_vision_layers when non-zero, with random weights generated directly in
+ * the formats o selects (method f32, fp16 or rtn with wbits / abits; embed / head / float formats as conv_run),
+ * deterministic in o->seed. The header's quant.method is "random". Memory stays a few MB whatever the size (each
+ * tensor is generated and written in 16 MB pieces). Failures as conv_run: one line, no file at out_path. */
+enum vlm_status conv_random_run(const struct conv_options *o);
+
+/* The config.json of a published size ("0.5b", "7b", "72b": spec §2) as a new cJSON object, or NULL for
+ * another name (or out of memory). */
+struct cJSON;
+struct cJSON *conv_random_preset(const char *name);
+
+/* The JSON object in file path, parsed (at most 16 MiB); NULL with *st set — VLM_OK and NULL when !required and the
+ * file is absent; a one-line error otherwise (read failure, not a JSON object). */
+struct cJSON *conv_read_json_file(const char *path, bool required, enum vlm_status *st);
 
 #endif

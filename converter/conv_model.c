@@ -54,18 +54,11 @@ static const char *method_name(enum conv_method m) {
 
 static bool calibrated(enum conv_method m) { return m == CONV_AWQ || m == CONV_SMOOTHQUANT || m == CONV_MBQ; }
 
-/* A JSON file of the checkpoint, parsed (NULL with *st = VLM_OK when optional and absent). */
-static cJSON *read_json(const char *dir, const char *name, bool required, enum vlm_status *st) {
-    char path[4096];
+cJSON *conv_read_json_file(const char *path, bool required, enum vlm_status *st) {
+    struct stat sb;
     char *buf = NULL;
     size_t len;
-    struct stat sb;
     *st = VLM_OK;
-    if (!vlm_path_join(path, sizeof path, dir, name)) {
-        vlm_log_error("%s: path too long", dir);
-        *st = VLM_ERR_ARG;
-        return NULL;
-    }
     if (!required && stat(path, &sb) != 0) return NULL;
     if ((*st = vlm_file_read_all(path, 16u << 20, &buf, &len)) != VLM_OK) return NULL;
     cJSON *j = cJSON_ParseWithLength(buf, len);
@@ -77,6 +70,17 @@ static cJSON *read_json(const char *dir, const char *name, bool required, enum v
         return NULL;
     }
     return j;
+}
+
+/* A JSON file of the checkpoint, parsed (NULL with *st = VLM_OK when optional and absent). */
+static cJSON *read_json(const char *dir, const char *name, bool required, enum vlm_status *st) {
+    char path[4096];
+    if (!vlm_path_join(path, sizeof path, dir, name)) {
+        vlm_log_error("%s: path too long", dir);
+        *st = VLM_ERR_ARG;
+        return NULL;
+    }
+    return conv_read_json_file(path, required, st);
 }
 
 /* The checkpoint's tokenizer file, checked by loading it. *data NULL when the checkpoint has none. */
@@ -100,8 +104,7 @@ static enum vlm_status read_tokenizer(const char *dir, char **data, size_t *len,
 
 static bool packed(enum vlm_qformat f) { return f == VLM_QF_W3G128 || f == VLM_QF_W4G128 || f == VLM_QF_W4A8; }
 
-/* The stored format of one slot. */
-static enum vlm_qformat slot_format(const struct conv_options *o, const struct mbq_slot *s) {
+enum vlm_qformat conv_slot_format(const struct conv_options *o, const struct mbq_slot *s) {
     switch (s->kind) {
     case MBQ_SLOT_FLOAT: return s->n_dims == 1 ? VLM_QF_F32 : o->float_fmt; /* norms, biases: f32 (scales fold in) */
     case MBQ_SLOT_LINEAR: return conv_linear_format(o);
@@ -190,7 +193,7 @@ enum vlm_status conv_run(const struct conv_options *o) {
     int64_t max_k = 1;
     for (int64_t i = 0; i < n_slots; i++) {
         const struct mbq_slot *s = &slots[i];
-        enum vlm_qformat f = slot_format(o, s);
+        enum vlm_qformat f = conv_slot_format(o, s);
         int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;
         VLM_ASSERT(vlm_dims_product(s->shape, s->n_dims, &k));
         if (s->n_dims == 2) k = s->shape[1];

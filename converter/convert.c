@@ -1,18 +1,31 @@
-/* convert.c — the vlmconvert CLI: vlmconvert --model HF_DIR --out model.mbq [options].
+/* convert.c — the vlmconvert CLI: vlmconvert --model HF_DIR --out model.mbq [options], or
+ * vlmconvert --random 0.5b|7b|72b|CONFIG.json --out model.mbq [options] (random weights, for benchmarks).
  * Exit status: 0 written, 1 failed (one line on stderr, no output file), 2 usage error. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include <cjson/cJSON.h>
 
 #include "converter/conv.h"
 #include "runtime/util.h"
 
 static void usage(FILE *f) {
     fputs("usage: vlmconvert --model HF_DIR --out FILE.mbq [options]\n"
+          "       vlmconvert --random 0.5b|7b|72b|CONFIG.json --out FILE.mbq [--wbits B] [--abits 8]\n"
+          "                  [--method f16|f32] [--layers N] [--vision-layers N] [--seed S] [options]\n"
           "Converts a Hugging Face LLaVA-OneVision checkpoint into one .mbq file that vlmrun runs: config,\n"
           "preprocessor settings, tokenizer and every tensor in one file, the decoder's linear layers quantized.\n"
           "  --model DIR      the checkpoint directory (config.json, preprocessor_config.json, *.safetensors,\n"
           "                   tokenizer.json or tokenizer.model)\n"
+          "  --random ARCH    instead of --model: a model with RANDOM weights, for benchmarks at any size: the\n"
+          "                   published 0.5b, 7b or 72b dimensions, or an HF config.json (with the\n"
+          "                   preprocessor_config.json beside it, if any); weights generated directly in the\n"
+          "                   formats the options select (default --wbits 4), no tokenizer; quant.method \"random\"\n"
+          "                   in the header. --seed S (default 42) decides every value: same seed, same bytes\n"
+          "  --layers N       with --random: keep only the first N decoder layers (the config says N)\n"
+          "  --vision-layers N  with --random: keep only the first N vision-tower layers\n"
           "  --out FILE       the .mbq to write; written to a temporary file and renamed, so a failed run never\n"
           "                   leaves a partial file (an existing FILE is replaced only on success)\n"
           "  --method M       f32: no quantization, float32 everywhere (bit-exact with the checkpoint's float32 run)\n"
@@ -55,13 +68,12 @@ static int parse_fmt(const char *s, enum vlm_qformat *out) {
     return 0;
 }
 
-/* "auto" storage: the checkpoint's 16-bit type when it has one, so no value changes range. */
-static enum vlm_qformat auto_dtype(const char *dir) {
-    char path[4096];
+/* "auto" storage: the checkpoint's 16-bit type when it has one, so no value changes range. path: its config.json
+ * (f16 when it cannot be read). */
+static enum vlm_qformat auto_dtype(const char *path) {
     char *buf = NULL;
     size_t len;
     enum vlm_qformat f = VLM_QF_F16;
-    if (!vlm_path_join(path, sizeof path, dir, "config.json")) return f;
     FILE *fp = fopen(path, "rb");
     if (!fp) return f;
     fclose(fp);
@@ -75,7 +87,7 @@ static enum vlm_qformat auto_dtype(const char *dir) {
 int main(int argc, char **argv) {
     vlm_log_set_prog("vlmconvert");
     struct conv_options o = {.method = CONV_RTN, .wbits = 4, .abits = 16, .group = 128, .n_samples = 128, .seed = 42};
-    const char *dtype = "auto", *embed = NULL, *head = NULL;
+    const char *dtype = "auto", *embed = NULL, *head = NULL, *method = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has_val = i + 1 < argc;
@@ -89,7 +101,7 @@ int main(int argc, char **argv) {
         } else if (has_val && strcmp(a, "--out") == 0) {
             o.out_path = argv[++i];
         } else if (has_val && strcmp(a, "--method") == 0) {
-            const char *m = argv[++i];
+            const char *m = method = argv[++i];
             if (strcmp(m, "f32") == 0) o.method = CONV_F32;
             else if (strcmp(m, "fp16") == 0 || strcmp(m, "f16") == 0) o.method = CONV_F16;
             else if (strcmp(m, "rtn") == 0) o.method = CONV_RTN;
@@ -100,6 +112,17 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "vlmconvert: --method %s: expected f32, fp16, rtn, awq, smoothquant or mbq\n", m);
                 return 2;
             }
+        } else if (has_val && strcmp(a, "--random") == 0) {
+            o.random = argv[++i];
+        } else if (has_val && (strcmp(a, "--layers") == 0 || strcmp(a, "--vision-layers") == 0)) {
+            char *end;
+            long long v = strtoll(argv[++i], &end, 10);
+            if (*end || end == argv[i] || v < 1 || v > 1000000) {
+                fprintf(stderr, "vlmconvert: %s %s: expected a positive integer\n", a, argv[i]);
+                return 2;
+            }
+            if (strcmp(a, "--layers") == 0) o.n_layers = v;
+            else o.n_vision_layers = v;
         } else if (has_val && strcmp(a, "--calib") == 0) {
             o.calib_path = argv[++i];
         } else if (has_val && (strcmp(a, "--n-samples") == 0 || strcmp(a, "--seed") == 0)) {
@@ -134,8 +157,30 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!o.model_dir || !o.out_path) {
+    if (o.model_dir && o.random) {
+        fprintf(stderr, "vlmconvert: --model and --random exclude each other\n");
+        return 2;
+    }
+    if ((!o.model_dir && !o.random) || !o.out_path) {
         usage(stderr);
+        return 2;
+    }
+    if (!o.random && (o.n_layers || o.n_vision_layers)) {
+        fprintf(stderr, "vlmconvert: --layers and --vision-layers cut a --random model; a conversion keeps every "
+                        "layer\n");
+        return 2;
+    }
+    struct stat sb;
+    cJSON *preset = o.random ? conv_random_preset(o.random) : NULL;
+    const bool is_preset = preset != NULL;
+    cJSON_Delete(preset);
+    if (o.random && !is_preset && (stat(o.random, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+        fprintf(stderr, "vlmconvert: --random %s: expected 0.5b, 7b, 72b or the path of a config.json\n", o.random);
+        return 2;
+    }
+    if (o.random && (o.calib_path || (o.method != CONV_F32 && o.method != CONV_F16 && o.method != CONV_RTN))) {
+        fprintf(stderr, "vlmconvert: --random writes f32, fp16 or quantized weights (--wbits / --abits): %s%s needs "
+                        "a checkpoint\n", o.calib_path ? "--calib" : "--method ", o.calib_path ? "" : method);
         return 2;
     }
     if (o.wbits != 3 && o.wbits != 4) {
@@ -150,7 +195,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vlmconvert: --abits 8 is W4A8: it needs --wbits 4\n");
         return 2;
     }
-    if ((o.method == CONV_AWQ || o.method == CONV_MBQ || o.method == CONV_SMOOTHQUANT) != (o.calib_path != NULL)) {
+    if (!o.random &&
+        (o.method == CONV_AWQ || o.method == CONV_MBQ || o.method == CONV_SMOOTHQUANT) != (o.calib_path != NULL)) {
         fprintf(stderr, "vlmconvert: %s\n", o.calib_path ? "--calib is only for --method awq, mbq or smoothquant"
                                                           : "--method awq, mbq and smoothquant need --calib FILE");
         return 2;
@@ -159,8 +205,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "vlmconvert: --method smoothquant is a W4A8 method: use --wbits 4 --abits 8\n");
         return 2;
     }
-    if (strcmp(dtype, "auto") == 0) o.float_fmt = auto_dtype(o.model_dir);
-    else if (parse_fmt(dtype, &o.float_fmt) != 0 || o.float_fmt == VLM_QF_Q8R) {
+    char cfg_path[4096];
+    if (strcmp(dtype, "auto") == 0) {
+        o.float_fmt = VLM_QF_F16; /* also a preset's: the published checkpoints are fp16 */
+        if (o.random && !is_preset) o.float_fmt = auto_dtype(o.random);
+        else if (!o.random && vlm_path_join(cfg_path, sizeof cfg_path, o.model_dir, "config.json"))
+            o.float_fmt = auto_dtype(cfg_path);
+    } else if (parse_fmt(dtype, &o.float_fmt) != 0 || o.float_fmt == VLM_QF_Q8R) {
         fprintf(stderr, "vlmconvert: --dtype %s: expected auto, f16, bf16 or f32\n", dtype);
         return 2;
     }
@@ -176,5 +227,5 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (o.quiet) vlm_log_set_info(false);
-    return conv_run(&o) == VLM_OK ? 0 : 1;
+    return (o.random ? conv_random_run(&o) : conv_run(&o)) == VLM_OK ? 0 : 1;
 }

@@ -61,8 +61,14 @@
 #define VLM_QGROUP 128  /* group size of the g128 formats and the k granularity of the packed formats */
 #define VLM_W3_BLOCK_BYTES 48
 #define VLM_W4_BLOCK_BYTES 64
+#ifdef __cplusplus /* the CUDA backend's .cu files include this header as C++ */
+static_assert(VLM_W3_BLOCK_BYTES * 8 == VLM_QGROUP * 3, "W3 block holds 128 3-bit codes");
+static_assert(VLM_W4_BLOCK_BYTES * 8 == VLM_QGROUP * 4, "W4 block holds 128 4-bit codes");
+extern "C" {
+#else
 _Static_assert(VLM_W3_BLOCK_BYTES * 8 == VLM_QGROUP * 3, "W3 block holds 128 3-bit codes");
 _Static_assert(VLM_W4_BLOCK_BYTES * 8 == VLM_QGROUP * 4, "W4 block holds 128 4-bit codes");
+#endif
 
 enum vlm_qformat {
     VLM_QF_F32 = 0,
@@ -144,4 +150,7 @@ float vlm_quantize_act_q8_ref(const float *x, int64_t k, int8_t *a);
  * Slow and obviously correct; every fast kernel is checked against it. */
 void cpu_qlinear_ref(float *y, const float *x, const struct vlm_qmat *w, const float *b, int64_t M);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

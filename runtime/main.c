@@ -15,7 +15,9 @@
 #include <sys/stat.h>
 
 #include "kernels/cpu/pool.h"
+#include "kernels/cuda_backend.h"
 #include "kernels/cpu/qgemm.h"
+#include "runtime/gpu.h"
 #include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/pipeline.h"
@@ -33,6 +35,10 @@ static void usage(FILE *f) {
           "                  Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
           "  --max-new N     generate at most N tokens (default 32)\n"
+          "  --device D      cuda or cpu (default: cuda when this build has the CUDA backend and a GPU is\n"
+          "                  present, else cpu)\n"
+          "  --ctx N         tokens the GPU's KV cache holds, prompt (image tokens included) + answer\n"
+          "                  (default: 16384, at most the model's max_position_embeddings)\n"
           "  --ignore-eos    do not stop at the end-of-sequence tokens (generation_config.json and the\n"
           "                  tokenizer's <|im_end|>, <|endoftext|>, </s>)\n"
           "  --template T    chat template for a text prompt: chatml (Qwen/LLaVA-OneVision training template,\n"
@@ -176,6 +182,8 @@ int main(int argc, char **argv) {
     const char *model_dir = NULL, *image_path = NULL, *prompt = NULL, *tok_path = NULL, *system = NULL;
     long long max_new = 32;
     int ignore_eos = 0, info = 0, ids_mode = 0, tmpl = -1; /* -1: chosen by the tokenizer's kind */
+    int device = -1; /* -1: cuda when present, 0: cpu, 1: cuda */
+    long long ctx_len = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -188,6 +196,21 @@ int main(int argc, char **argv) {
             max_new = strtoll(argv[++i], &end, 10);
             if (*end || max_new < 0 || max_new > 1000000) {
                 fprintf(stderr, "vlmrun: --max-new takes a whole number from 0 to 1000000\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--device") && i + 1 < argc) {
+            const char *dv = argv[++i];
+            if (!strcmp(dv, "cpu")) device = 0;
+            else if (!strcmp(dv, "cuda")) device = 1;
+            else {
+                fprintf(stderr, "vlmrun: --device takes cuda or cpu, not '%s'\n", dv);
+                return 2;
+            }
+        } else if (!strcmp(a, "--ctx") && i + 1 < argc) {
+            char *end;
+            ctx_len = strtoll(argv[++i], &end, 10);
+            if (*end || ctx_len < 1 || ctx_len > INT32_MAX) {
+                fprintf(stderr, "vlmrun: --ctx takes a whole number of tokens from 1 to %d\n", INT32_MAX);
                 return 2;
             }
         } else if (!strcmp(a, "--ignore-eos")) {
@@ -244,10 +267,24 @@ int main(int argc, char **argv) {
     /* Cheap input checks first, so a bad image, tokenizer or prompt fails before a long model load. */
     if (img_load(image_path, &img) != VLM_OK) goto done;
     if (!ids_mode && vlm_tokenizer_find(model_dir, NULL, tok_path, &tok) != VLM_OK) goto done;
+    int n_dev = 0;
+    const bool have_gpu = device != 0 && cuda_backend_probe(&n_dev) == VLM_OK && n_dev > 0;
+    if (device == 1 && !have_gpu) { /* before a long model load */
+        vlm_log_error("--device cuda: %s", cuda_backend_compiled()
+                                               ? "no CUDA device or driver found"
+                                               : "this build has no CUDA backend (nvcc was not found, or CUDA=0)");
+        goto done;
+    }
     if (vlm_model_load(model_dir, &m) != VLM_OK) goto done;
     /* a .mbq carries its tokenizer: look again now that the model is open */
     if (!ids_mode && !tok && vlm_tokenizer_find(model_dir, m, tok_path, &tok) != VLM_OK) goto done;
     if (!ignore_eos && vlm_model_read_stop_ids(m, tok, &stop, &n_stop) != VLM_OK) goto done;
+    if (have_gpu) { /* the GPU when asked, or by default when there is one */
+        const int64_t max_pos = m->config.text.max_position_embeddings;
+        const int64_t n_ctx = ctx_len ? ctx_len : (max_pos < 16384 ? max_pos : 16384);
+        if (vlm_model_use_gpu(m, 0, n_ctx) != VLM_OK) goto done; /* said why, in one line */
+        vlm_log_info("device: cuda, %s", vlm_gpu_describe(m->gpu));
+    }
     const int64_t img_tok = m->config.image_token_index, d = m->config.text.hidden_size;
     int64_t n_ids = 0, *p_ids = NULL;
     if (tok) {
@@ -310,10 +347,11 @@ int main(int argc, char **argv) {
     }
     printf("\n");
     /* the first token comes out of the prefill pass; the other n_gen - 1 are decode steps */
-    vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); cpu, "
+    vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); %s, "
                  "decoder %s", (long long)n_full, gs.prefill_ms, n_full / (gs.prefill_ms * 1e-3),
                  (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms,
-                 n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0, vlm_model_kernels_str(m));
+                 n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0, m->gpu ? "cuda" : "cpu",
+                 vlm_model_kernels_str(m));
     rc = 0;
 done:
     free(text_out);

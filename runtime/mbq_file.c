@@ -641,7 +641,7 @@ struct mbq_writer {
     int fd;
     struct mbq_table tb; /* the header as the reader will see it: names, sizes, offsets */
     size_t data_offset;
-    bool *written;
+    size_t *done;      /* bytes of each tensor written so far (== its size once complete) */
     bool failed;       /* an I/O error left the temp file in an unknown state: finish must refuse */
 };
 
@@ -649,7 +649,7 @@ static void writer_free(struct mbq_writer *w) {
     if (w->fd >= 0) close(w->fd);
     if (w->tmp) unlink(w->tmp);
     table_free(&w->tb);
-    free(w->written);
+    free(w->done);
     free(w->tmp);
     free(w->path);
     free(w);
@@ -801,7 +801,7 @@ enum vlm_status mbq_writer_open(const char *path, const cJSON *meta, const struc
     }
     size_t plen = strlen(path);
     if (!(w->path = strdup(path)) || !(w->tmp = malloc(plen + sizeof ".tmp.XXXXXX")) ||
-        !(w->written = calloc(n_decls ? (size_t)n_decls : 1, sizeof *w->written)) ||
+        !(w->done = calloc(n_decls ? (size_t)n_decls : 1, sizeof *w->done)) ||
         !(head = calloc(1, w->data_offset))) {
         vlm_log_error("%s: out of memory", path);
         goto fail;
@@ -852,7 +852,8 @@ fail:
     return st;
 }
 
-enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *data, size_t size) {
+/* Writes tensor i's data: all of it (whole), or its next size bytes after those already written. */
+static enum vlm_status write_tensor(struct mbq_writer *w, int64_t i, const void *data, size_t size, bool whole) {
     if (!w) return VLM_ERR_ARG;
     char dbuf[VLM_MBQ_MAX_NAME + 160];
     if (i < 0 || i >= w->tb.n) {
@@ -861,21 +862,35 @@ enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *da
     }
     const struct mbq_tensor *t = &w->tb.t[i];
     const char *desc = describe(dbuf, sizeof dbuf, t->name, t->dtype, t->n_dims, t->shape);
-    if (w->written[i]) {
+    const size_t pos = w->done[i];
+    if (pos == t->size || (whole && pos > 0)) {
         vlm_log_error("%s: %s is written twice", w->path, desc);
         return VLM_ERR_ARG;
     }
-    if (size != t->size || (!data && size)) {
-        vlm_log_error("%s: %s: %zu bytes given, the declaration needs %zu", w->path, desc, data ? size : 0, t->size);
+    if ((whole ? size != t->size : size > t->size - pos) || (!data && size)) {
+        if (whole)
+            vlm_log_error("%s: %s: %zu bytes given, the declaration needs %zu", w->path, desc, data ? size : 0,
+                          t->size);
+        else
+            vlm_log_error("%s: %s: a part of %zu bytes at byte %zu passes its end (%zu bytes)", w->path, desc,
+                          data ? size : 0, pos, t->size);
         return VLM_ERR_ARG;
     }
-    if (!pwrite_all(w->fd, data, size, w->data_offset + w->tb.off[i])) {
+    if (!pwrite_all(w->fd, data, size, w->data_offset + w->tb.off[i] + pos)) {
         vlm_log_error("%s: writing %s to %s failed: %s", w->path, desc, w->tmp, strerror(errno));
         w->failed = true;
         return VLM_ERR_IO;
     }
-    w->written[i] = true;
+    w->done[i] = pos + size;
     return VLM_OK;
+}
+
+enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *data, size_t size) {
+    return write_tensor(w, i, data, size, true);
+}
+
+enum vlm_status mbq_writer_write_part(struct mbq_writer *w, int64_t i, const void *data, size_t size) {
+    return write_tensor(w, i, data, size, false);
 }
 
 /* fsyncs the directory holding path, so the rename itself is durable. */
@@ -907,8 +922,12 @@ enum vlm_status mbq_writer_finish(struct mbq_writer *w) {
         goto fail;
     }
     for (int64_t i = 0; i < w->tb.n; i++) {
-        if (!w->written[i]) {
-            vlm_log_error("%s: tensor '%s' was declared but never written", w->path, w->tb.t[i].name);
+        if (w->done[i] != w->tb.t[i].size) {
+            if (w->done[i] == 0)
+                vlm_log_error("%s: tensor '%s' was declared but never written", w->path, w->tb.t[i].name);
+            else
+                vlm_log_error("%s: tensor '%s' is incomplete: %zu of its %zu bytes written", w->path,
+                              w->tb.t[i].name, w->done[i], w->tb.t[i].size);
             st = VLM_ERR_ARG;
             goto fail;
         }

@@ -78,7 +78,8 @@ const struct mbq_tensor *mbq_file_find(const struct mbq_file *f, const char *nam
 const char *mbq_dtype_name(int dtype);
 
 /* ---- writer: declare every tensor first (so the header, with its offsets, is written once, up front), then
- * write each tensor's bytes exactly once, in any order; finish renames the temp file onto path. */
+ * write each tensor's bytes exactly once (whole, or in consecutive parts), tensors in any order; finish renames
+ * the temp file onto path. */
 struct mbq_tensor_decl {
     const char *name;
     int dtype;
@@ -95,8 +96,14 @@ enum vlm_status mbq_writer_open(const char *path, const cJSON *meta, const struc
 /* Writes tensor i's bytes; size must equal its declared size; each index once. Misuse (index, size, twice) is
  * VLM_ERR_ARG and leaves w usable; an I/O error is VLM_ERR_IO and makes finish fail. */
 enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *data, size_t size);
-/* Checks every tensor was written (else VLM_ERR_ARG), fsyncs, renames onto path, fsyncs the directory, frees w
- * (also on failure, removing the temp file: no file appears at path, and an existing one is left as it was). */
+/* Appends size bytes to tensor i's data, after the parts written before, so a large tensor can be produced in
+ * pieces from a small buffer (vlmconvert --random); the tensor is complete once its declared size is reached.
+ * A part passing the end, or any part (even an empty one) after i is complete: VLM_ERR_ARG, w usable;
+ * mbq_writer_write of a tensor with parts written is "written twice". I/O errors as mbq_writer_write. */
+enum vlm_status mbq_writer_write_part(struct mbq_writer *w, int64_t i, const void *data, size_t size);
+/* Checks every tensor was written completely (else VLM_ERR_ARG), fsyncs, renames onto path, fsyncs the
+ * directory, frees w (also on failure, removing the temp file: no file appears at path, and an existing one is
+ * left as it was). */
 enum vlm_status mbq_writer_finish(struct mbq_writer *w);
 /* Removes the temp file and frees w; NULL is a no-op. Use on any error path after open. */
 void mbq_writer_abort(struct mbq_writer *w);

@@ -102,7 +102,14 @@ struct vlm_model {
      * float32 (vlm_model_layer_load); NULL otherwise */
     struct vlm_layer_stream *stream;
     bool fast_f32;              /* float32 parts (vision, projector, f32 linears) on the fast kernels: .mbq models */
+    /* the model's copy on a GPU (runtime/gpu.h; vlm_model_use_gpu); NULL runs on the CPU. Owned by the model. */
+    struct vlm_gpu *gpu;
 };
+
+/* Moves m's decoder and vision tower onto GPU `device` with a KV cache of max_seq tokens; from then on
+ * vlm_image_encode and vlm_generate_greedy run there (qwen2_forward, vlmeval's KL, stays on the CPU). Statuses as
+ * vlm_gpu_create (VLM_ERR_NO_DEVICE in a CPU-only build or without a GPU). */
+enum vlm_status vlm_model_use_gpu(struct vlm_model *m, int device, int64_t max_seq);
 
 /* An .mbq file (vlm_model_load dispatches here when given a regular file): config, preprocessor and tensors from
  * the file; vision, projector, norms and biases converted to the float32 arena; decoder linears, embedding and

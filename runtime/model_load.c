@@ -7,6 +7,7 @@
  *
  * Sections: naming schemes; the load plan (resolve + check); load; summary and memory estimate. */
 #include "model.h"
+#include "gpu.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -240,8 +241,18 @@ static enum vlm_status plan_vocab(struct plan *p, const struct scheme *s, const 
  * load
  * ------------------------------------------------------------------------------------------------------------- */
 
+enum vlm_status vlm_model_use_gpu(struct vlm_model *m, int device, int64_t max_seq) {
+    struct vlm_gpu *g = NULL;
+    enum vlm_status st = vlm_gpu_create(m, device, max_seq, &g);
+    if (st != VLM_OK) return st;
+    vlm_gpu_free(m->gpu);
+    m->gpu = g;
+    return VLM_OK;
+}
+
 void vlm_model_free(struct vlm_model *m) {
     if (!m) return;
+    vlm_gpu_free(m->gpu);
     if (m->qctx) {
         cpu_qctx_free(m->qctx);
         free(m->qctx);

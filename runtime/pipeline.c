@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu.h"
 #include "util.h"
 #include "vision/siglip.h"
 
@@ -24,8 +25,12 @@ enum vlm_status vlm_image_encode(const struct vlm_model *m, const struct vlm_ima
     proj = vis ? vlm_alloc_array(rows, (size_t)d * sizeof(float), "projected features") : NULL;
     packed = proj ? vlm_alloc_array((size_t)lay.n_image_tokens, (size_t)d * sizeof(float), "packed features") : NULL;
     if (!packed) goto fail;
-    if ((st = vit_forward(m, pixels, lay.n_crops, vis)) != VLM_OK) goto fail;
-    if ((st = vit_project(m, vis, (int64_t)rows, proj)) != VLM_OK) goto fail;
+    if (m->gpu) {
+        if ((st = vlm_gpu_encode_image(m->gpu, pixels, lay.n_crops, proj)) != VLM_OK) goto fail;
+    } else {
+        if ((st = vit_forward(m, pixels, lay.n_crops, vis)) != VLM_OK) goto fail;
+        if ((st = vit_project(m, vis, (int64_t)rows, proj)) != VLM_OK) goto fail;
+    }
     if ((st = img_pack_features(proj, &lay, c->vision.n_patches_side, d, m->w.image_newline, packed)) != VLM_OK)
         goto fail;
     free(pixels);
@@ -95,6 +100,33 @@ int64_t vlm_argmax(const float *x, int64_t n) {
     return best;
 }
 
+/* vlm_generate_greedy on m->gpu: the same loop, the argmax taken on the device. */
+static enum vlm_status generate_gpu(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
+                                    const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                    float *prefill_logits, vlm_token_cb cb, void *user, struct vlm_gen_stats *stats) {
+    const int64_t d = m->config.text.hidden_size;
+    float *x = vlm_alloc_array((size_t)d, sizeof(float), "token embedding");
+    if (!x) return VLM_ERR_OOM;
+    int64_t n_gen = 0, id = 0;
+    vlm_gpu_reset(m->gpu);
+    double t0 = vlm_time_ms(), t1;
+    enum vlm_status st = vlm_gpu_forward(m->gpu, emb, n, prefill_logits, prefill_logits != NULL, &id);
+    t1 = vlm_time_ms();
+    while (st == VLM_OK && n_gen < max_new) {
+        out_tokens[n_gen++] = id;
+        int stop = cb ? cb(id, user) : 0;
+        for (int s = 0; s < n_stop; s++) stop |= id == stop_ids[s];
+        if (stop || n_gen == max_new) break;
+        if ((st = qwen2_embed(m, &id, 1, x)) == VLM_OK) st = vlm_gpu_forward(m->gpu, x, 1, NULL, 0, &id);
+    }
+    if (st == VLM_OK) {
+        *n_out = n_gen;
+        if (stats) *stats = (struct vlm_gen_stats){.prefill_ms = t1 - t0, .decode_ms = vlm_time_ms() - t1};
+    }
+    free(x);
+    return st;
+}
+
 enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
                                     float *prefill_logits, vlm_token_cb cb, void *user,
@@ -105,6 +137,8 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
         vlm_log_error("generate: bad lengths (prompt %lld, max_new %lld)", (long long)n, (long long)max_new);
         return VLM_ERR_ARG;
     }
+    if (m->gpu)
+        return generate_gpu(m, emb, n, max_new, stop_ids, n_stop, out_tokens, n_out, prefill_logits, cb, user, stats);
     enum vlm_status st = kv_cache_init(&kv, &m->config.text, n + (max_new > 0 ? max_new : 1));
     if (st != VLM_OK) return st;
     float *logits = vlm_alloc_array((size_t)V, sizeof(float), "logits");

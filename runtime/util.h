@@ -9,9 +9,16 @@
 
 #include "vlm.h"
 
+#ifdef __cplusplus /* the CUDA backend's .cu files log through these too */
+extern "C" {
+#define VLM_NORETURN [[noreturn]]
+#else
+#define VLM_NORETURN _Noreturn
+#endif
+
 /* Broken invariants (never input errors): one expression, so it is safe inside an unbraced if/else. */
 #define VLM_ASSERT(cond) ((cond) ? (void)0 : vlm_assert_fail(__FILE__, __LINE__, #cond))
-_Noreturn void vlm_assert_fail(const char *file, int line, const char *cond);
+VLM_NORETURN void vlm_assert_fail(const char *file, int line, const char *cond);
 
 /* One line on stderr, prefixed "vlmrun: error: " (the program name: see vlm_log_set_prog). Callers name the file
  * and the problem. */
@@ -74,4 +81,7 @@ const char *vlm_printable(const char *s, char *buf, size_t cap);
 /* True when s holds a control byte (< 0x20 or 0x7f). */
 bool vlm_has_control(const char *s);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

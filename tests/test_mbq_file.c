@@ -891,6 +891,48 @@ TEST(mbq_writer_bad_writes) {
     CHECK_EQ(mbq_writer_finish(NULL), VLM_ERR_ARG);
 }
 
+TEST(mbq_writer_parts) {
+    init_data();
+    const char *dir = test_tmpdir();
+    char path[700], err[1024];
+    snprintf(path, sizeof path, "%s/model.mbq", dir);
+    struct mbq_writer *w = NULL;
+    if (!CHECK(mbq_writer_open(path, NULL, k_two, 2, &w) == VLM_OK)) return;
+    /* a in parts of 5, 0 and 11 bytes; b whole */
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data, 5), VLM_OK);
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data + 5, 0), VLM_OK);
+    test_capture_begin();
+    CHECK_EQ(mbq_writer_write(w, 0, g_data, 16), VLM_ERR_ARG);
+    test_capture_end(err, sizeof err);
+    CHECK_ERROR_LINE(err, path, "tensor 'a' (f32 [4]) is written twice");
+    test_capture_begin();
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data + 5, 12), VLM_ERR_ARG);
+    test_capture_end(err, sizeof err);
+    CHECK_ERROR_LINE(err, path, "a part of 12 bytes at byte 5 passes its end (16 bytes)");
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data + 5, 11), VLM_OK);
+    test_capture_begin();
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data, 0), VLM_ERR_ARG);
+    test_capture_end(err, sizeof err);
+    CHECK_ERROR_LINE(err, path, "written twice");
+    CHECK_EQ(mbq_writer_write(w, 1, g_data + 64, 3), VLM_OK);
+    CHECK_EQ(mbq_writer_finish(w), VLM_OK);
+    struct mbq_file *f = NULL;
+    if (CHECK(mbq_file_open(path, &f) == VLM_OK))
+        CHECK(memcmp(mbq_file_at(f, 0)->data, g_data, 16) == 0 && memcmp(mbq_file_at(f, 1)->data, "xyz", 3) == 0);
+    mbq_file_close(f);
+    /* a tensor left incomplete: finish refuses and leaves no file */
+    snprintf(path, sizeof path, "%s/partial.mbq", dir);
+    if (!CHECK(mbq_writer_open(path, NULL, k_two, 2, &w) == VLM_OK)) return;
+    CHECK_EQ(mbq_writer_write_part(w, 0, g_data, 5), VLM_OK);
+    CHECK_EQ(mbq_writer_write(w, 1, g_data + 64, 3), VLM_OK);
+    test_capture_begin();
+    CHECK_EQ(mbq_writer_finish(w), VLM_ERR_ARG);
+    test_capture_end(err, sizeof err);
+    CHECK_ERROR_LINE(err, path, "tensor 'a' is incomplete: 5 of its 16 bytes written");
+    CHECK(!file_exists(path));
+    CHECK_EQ(dir_entries(dir), 1); /* model.mbq only */
+}
+
 /* Runs mbq_writer_open on decls expecting failure `want` with needle in the one error line, nothing left in dir. */
 static void expect_writer_reject_at(const cJSON *meta, const struct mbq_tensor_decl *decls, int64_t n,
                                     enum vlm_status want, const char *needle, int line) {

@@ -6,6 +6,11 @@
  * the output).
  *
  * Usage: bench_decode [--quick] [--out FILE]   (default FILE: bench/decode.md)
+ *        bench_decode --model FILE.mbq [--quick] [--out FILE]
+ *   --model: the decoder of that .mbq file instead of the built-in synthetic models — any .mbq vlmrun runs, with
+ *   or without a tokenizer (token embeddings are fed directly), e.g. a random-weight model of any published size
+ *   from `vlmconvert --random 7b --wbits 3`; a file cut with --layers is extrapolated to the full layer count its
+ *   header records, as for the 7B section below. Writes a report only with --out.
  * Also the vision tower (SigLIP so400m: 26 of 27 layers as LLaVA-OneVision uses them, 729 tokens per 384² crop)
  * and projector on the fast float32 GEMM (as a .mbq model runs them), per crop.
  * Reported per variant: prefill tokens/s (a 256-token prompt), decode ms/token and tokens/s (median of 32 steps
@@ -18,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "runtime/mbq_file.h"
 #include "runtime/model.h"
 #include "runtime/qwen2.h"
 #include "vision/siglip.h"
@@ -142,10 +148,97 @@ static struct timing run(struct vlm_model *m, int64_t n_prompt, int n_steps) {
     return r;
 }
 
+/* Bytes of one matrix as stored. */
+static size_t mat_bytes(const struct vlm_qmat *q) {
+    struct vlm_qlayout L;
+    VLM_ASSERT(vlm_qlayout(q->fmt, q->n, q->k, &L, NULL));
+    return L.total_bytes;
+}
+
+/* --model: the decoder of one .mbq file, timed as the built-in variants are. Returns the exit status. */
+static int bench_file(const char *path, bool quick, const char *out_path, struct vlm_pool *pool) {
+    struct vlm_model *m = NULL;
+    if (vlm_model_load(path, &m) != VLM_OK) return 1;
+    m->qctx->pool = pool;
+    const struct vlm_text_config *t = &m->config.text;
+    const int64_t L = t->n_layers;
+    size_t layer_bytes = 0, head_bytes = mat_bytes(&m->w.lm_head_q);
+    for (int64_t l = 0; l < L; l++) {
+        const struct qwen2_layer_weights *W = &m->w.layers[l];
+        const struct vlm_qmat *mats[] = {&W->wq, &W->wk, &W->wv, &W->wo, &W->wgate, &W->wup, &W->wdown};
+        for (int i = 0; i < 7; i++) layer_bytes += mat_bytes(mats[i]);
+    }
+    /* a model cut with vlmconvert --random --layers records the full count: extrapolate to it */
+    const cJSON *rnd = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(mbq_file_header(m->mbq), "quant"), "random");
+    const cJSON *of = cJSON_GetObjectItemCaseSensitive(rnd, "decoder_layers_of");
+    const int64_t L_full = cJSON_IsNumber(of) && of->valuedouble > (double)L ? (int64_t)of->valuedouble : L;
+    char model[256];
+    cpu_model(model, sizeof model);
+    const int n_steps = quick ? 8 : 32;
+    const int64_t n_prompt = quick ? 32 : 256;
+    out("# CPU decoder speed of %s%s\n\n", path, quick ? " (--quick smoke run)" : "");
+    out("- CPU: %s (%ld online cores), threads: %d; %s\n", model, sysconf(_SC_NPROCESSORS_ONLN), vlm_pool_size(pool),
+        vlm_model_kernels_str(m));
+    out("- weights: %s%s; d %lld, ffn %lld, %lld layers%s, head %lld x %lld %s\n", m->quant_method,
+        strcmp(m->quant_method, "random") == 0 ? " (random values: speed does not depend on them)" : "",
+        (long long)t->hidden_size, (long long)t->intermediate_size, (long long)L,
+        L_full > L ? " in the file" : "", (long long)m->w.n_vocab_rows, (long long)t->hidden_size,
+        vlm_qformat_name(m->w.lm_head_q.fmt));
+    out("- prefill: a %lld-token prompt; decode: median of %d single-token steps after it; bytes/token = every "
+        "decoder matrix once + the head (KV cache reads excluded)\n", (long long)n_prompt, n_steps);
+    if (L_full > L)
+        out("- %lld of %lld layers in the file: the %lld-layer token time is extrapolated as %lld x t_layer + t_head "
+            "(both measured); prefill is of the layers in the file\n", (long long)L, (long long)L_full,
+            (long long)L_full, (long long)L_full);
+    double bw;
+    {
+        size_t nb = quick ? (size_t)256 << 20 : (size_t)1 << 30;
+        unsigned char *buf = xalloc(nb);
+        memset(buf, 1, nb);
+        bw = dram_bw(pool, buf, nb, 3);
+        free(buf);
+    }
+    out("- DRAM read bandwidth, same run, %d threads: %.1f GB/s\n\n", vlm_pool_size(pool), bw);
+    struct timing r = run(m, n_prompt, n_steps);
+    const double t_layer = (r.decode_ms - r.head_ms) / (double)L, t_full = (double)L_full * t_layer + r.head_ms;
+    const double bytes = (double)layer_bytes / (double)L * (double)L_full + (double)head_bytes;
+    const double gbs = bytes / 1e9 / (t_full / 1e3);
+    out("| layers | MB/token | prefill tok/s | t_layer ms | t_head ms | decode ms/token | tok/s | GB/s | of DRAM "
+        "|\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out("| %lld%s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %.1f | %.0f%% |\n", (long long)L_full,
+        L_full > L ? " (extrapolated)" : "", bytes / 1e6, r.prefill_tok_s, t_layer, r.head_ms, t_full, 1e3 / t_full,
+        gbs, 100.0 * gbs / bw);
+    vlm_model_free(m);
+    return bench_write_report("bench_decode", out_path);
+}
+
 int main(int argc, char **argv) {
     bool quick;
-    const char *out_path;
-    if (bench_args(argc, argv, "bench_decode", VLM_SRC_DIR "/bench/decode.md", &quick, &out_path) != 0) return 2;
+    const char *out_path, *model_path = NULL;
+    /* --model FILE is this benchmark's own option; the rest is bench_args' */
+    char *rest[64];
+    int n_rest = 0;
+    bool has_out = false;
+    for (int i = 0; i < argc && n_rest < 64; i++) {
+        if (i > 0 && strcmp(argv[i], "--model") == 0 && i + 1 < argc) {
+            model_path = argv[++i];
+            continue;
+        }
+        has_out = has_out || (i > 0 && strcmp(argv[i], "--out") == 0);
+        rest[n_rest++] = argv[i];
+    }
+    if (n_rest == 64 ||
+        bench_args(n_rest, rest, "bench_decode", VLM_SRC_DIR "/bench/decode.md", &quick, &out_path) != 0) {
+        fprintf(stderr, "       bench_decode --model FILE.mbq [--quick] [--out FILE]\n");
+        return 2;
+    }
+    if (model_path) {
+        vlm_log_set_prog("bench_decode");
+        struct vlm_pool *pool = vlm_pool_default();
+        if (!pool) return 1;
+        return bench_file(model_path, quick, has_out ? out_path : NULL, pool);
+    }
     struct vlm_config c05, c7;
     if (vlm_config_parse(VLM_SRC_DIR "/tests/data/configs/0.5b/config.json", &c05) != VLM_OK ||
         vlm_config_parse(VLM_SRC_DIR "/tests/data/configs/7b/config.json", &c7) != VLM_OK)
