@@ -88,11 +88,14 @@ def rect_circle_gap(box, cx, cy):
     return float(np.hypot(dx, dy))
 
 
-def layout(rng):
-    """Random content of one scene: size, background, optional text, 2..5 non-overlapping objects."""
+def layout(rng, n_objects=None):
+    """Random content of one scene: size, background, optional text, 2..5 non-overlapping objects (n_objects
+    instead, for train_demo.py's curriculum; the draws from rng stay the same, so the default scenes never change)."""
     H, W = sample_size(rng)
     bg = tuple(int(v) for v in rng.integers(215, 256, size=3))
     n_want = int(rng.integers(2, 6))
+    if n_objects is not None:
+        n_want = int(n_objects)
 
     text = None
     if rng.random() < 0.5:
@@ -309,11 +312,11 @@ def make_qas(rng, H, W, text, objs):
 # Public entry points
 # ------------------------------------------------------------------------------------------------------------------
 
-def make_scene(seed, split, index, draw=True):
+def make_scene(seed, split, index, draw=True, n_objects=None):
     """Scene `index` of `split` ("train", "val", "test") for `seed`: (PIL RGB image or None, record dict).
     The record is JSON-serialisable: H, W, background, objects, text, caption, qa (all pairs)."""
     rng = np.random.default_rng([int(seed), SPLITS[split], int(index)])
-    H, W, bg, text, objs = layout(rng)
+    H, W, bg, text, objs = layout(rng, n_objects)
     qas = make_qas(rng, H, W, text, objs)
     rec = dict(split=split, index=int(index), seed=int(seed), H=H, W=W, background=list(bg), text=text,
                objects=[dict(o, rgb=list(o["rgb"])) for o in objs], caption=caption_of(objs, text), qa=qas)
