@@ -50,6 +50,12 @@ enum vlm_qformat conv_linear_format(const struct conv_options *o);
  * tower, projector) in o->float_fmt, 1-D tensors (norms, biases, image_newline) in f32. */
 struct mbq_slot;
 enum vlm_qformat conv_slot_format(const struct conv_options *o, const struct mbq_slot *s);
+/* The declaration of slot s in its conv_slot_format, its layout and its k (columns; the element count for a 1-D
+ * tensor). False after one line naming `name` (the checkpoint or --random value), the tensor and why the format
+ * cannot hold it (group-128 formats need k % 128 == 0). */
+struct mbq_tensor_decl;
+bool conv_slot_declare(const struct conv_options *o, const struct mbq_slot *s, const char *name,
+                       struct mbq_tensor_decl *decl, struct vlm_qlayout *L, int64_t *k_out);
 
 /* Loads o->model_dir, writes o->out_path. Every failure logs one line naming the file and the problem and leaves
  * no file at out_path (and an existing one untouched). */

@@ -114,6 +114,25 @@ enum vlm_qformat conv_slot_format(const struct conv_options *o, const struct mbq
     return VLM_QF_F32;
 }
 
+bool conv_slot_declare(const struct conv_options *o, const struct mbq_slot *s, const char *name,
+                       struct mbq_tensor_decl *decl, struct vlm_qlayout *L, int64_t *k_out) {
+    const enum vlm_qformat f = conv_slot_format(o, s);
+    int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;
+    VLM_ASSERT(vlm_dims_product(s->shape, s->n_dims, &k));
+    if (s->n_dims == 2) k = s->shape[1];
+    const char *why;
+    if (!vlm_qlayout(f, n, k, L, &why)) {
+        vlm_log_error("%s: tensor '%s' [%lld, %lld] cannot be stored as %s: %s%s", name, s->name, (long long)n,
+                      (long long)k, vlm_qformat_name(f), why,
+                      packed(f) ? " (group-128 formats need it; this model needs --method fp16)" : "");
+        return false;
+    }
+    *decl = (struct mbq_tensor_decl){.name = s->name, .dtype = (int)f, .n_dims = s->n_dims};
+    memcpy(decl->shape, s->shape, sizeof decl->shape);
+    *k_out = k;
+    return true;
+}
+
 /* Peak resident set of this process so far, in bytes (Linux reports ru_maxrss in KiB); 0 when unknown. */
 static double peak_rss_bytes(void) {
     struct rusage ru;
@@ -193,23 +212,14 @@ enum vlm_status conv_run(const struct conv_options *o) {
     int64_t max_k = 1;
     for (int64_t i = 0; i < n_slots; i++) {
         const struct mbq_slot *s = &slots[i];
-        enum vlm_qformat f = conv_slot_format(o, s);
-        int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;
-        VLM_ASSERT(vlm_dims_product(s->shape, s->n_dims, &k));
-        if (s->n_dims == 2) k = s->shape[1];
         struct vlm_qlayout L;
-        const char *why;
-        if (!vlm_qlayout(f, n, k, &L, &why)) {
-            vlm_log_error("%s: tensor '%s' [%lld, %lld] cannot be stored as %s: %s%s", o->model_dir, s->name,
-                          (long long)n, (long long)k, vlm_qformat_name(f), why,
-                          packed(f) ? " (group-128 formats need it; this model needs --method fp16)" : "");
+        int64_t k;
+        if (!conv_slot_declare(o, s, o->model_dir, &decls[i], &L, &k)) {
             st = VLM_ERR_UNSUPPORTED;
             goto fail;
         }
         max_bytes = L.total_bytes > max_bytes ? L.total_bytes : max_bytes;
         max_k = k > max_k ? k : max_k;
-        decls[i] = (struct mbq_tensor_decl){.name = s->name, .dtype = (int)f, .n_dims = s->n_dims};
-        memcpy(decls[i].shape, s->shape, sizeof decls[i].shape);
     }
     int64_t n_decls = n_slots;
     if (tok) decls[n_decls++] = (struct mbq_tensor_decl){.name = "tokenizer.file", .dtype = VLM_MBQ_DTYPE_U8,

@@ -475,21 +475,12 @@ enum vlm_status conv_random_run(const struct conv_options *o) {
     const int64_t n_slots = mbq_slots_fill(&c, &w, with_head, slots);
     for (int64_t i = 0; i < n_slots; i++) {
         const struct mbq_slot *s = &slots[i];
-        const enum vlm_qformat f = conv_slot_format(o, s);
-        int64_t n = s->n_dims == 2 ? s->shape[0] : 1, k;
-        VLM_ASSERT(vlm_dims_product(s->shape, s->n_dims, &k));
-        if (s->n_dims == 2) k = s->shape[1];
         struct vlm_qlayout L;
-        const char *why;
-        if (!vlm_qlayout(f, n, k, &L, &why)) {
-            vlm_log_error("%s: tensor '%s' [%lld, %lld] cannot be stored as %s: %s%s", name, s->name, (long long)n,
-                          (long long)k, vlm_qformat_name(f), why,
-                          f >= VLM_QF_W3G128 ? " (group-128 formats need it; this model needs --method fp16)" : "");
+        int64_t k;
+        if (!conv_slot_declare(o, s, name, &decls[i], &L, &k)) {
             st = VLM_ERR_UNSUPPORTED;
             goto fail;
         }
-        decls[i] = (struct mbq_tensor_decl){.name = s->name, .dtype = (int)f, .n_dims = s->n_dims};
-        memcpy(decls[i].shape, s->shape, sizeof decls[i].shape);
     }
 
     /* header: the config (cut), preprocessor, generation config; quant says loudly that this is not a model */

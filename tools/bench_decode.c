@@ -116,6 +116,16 @@ struct timing {
     double prefill_tok_s, decode_ms, head_ms;
 };
 
+/* DRAM read bandwidth of this run (a 1 GiB buffer, 256 MiB with --quick), the denominator of the GB/s fractions. */
+static double measure_dram_bw(struct vlm_pool *pool, bool quick) {
+    const size_t nb = quick ? (size_t)256 << 20 : (size_t)1 << 30;
+    unsigned char *buf = xalloc(nb);
+    memset(buf, 1, nb);
+    const double bw = dram_bw(pool, buf, nb, 3);
+    free(buf);
+    return bw;
+}
+
 /* Prefill n_prompt random embeddings, then n_steps single-token steps; median step time. Also times the head GEMV
  * alone (median of n_steps). */
 static struct timing run(struct vlm_model *m, int64_t n_prompt, int n_steps) {
@@ -191,14 +201,7 @@ static int bench_file(const char *path, bool quick, const char *out_path, struct
         out("- %lld of %lld layers in the file: the %lld-layer token time is extrapolated as %lld x t_layer + t_head "
             "(both measured); prefill is of the layers in the file\n", (long long)L, (long long)L_full,
             (long long)L_full, (long long)L_full);
-    double bw;
-    {
-        size_t nb = quick ? (size_t)256 << 20 : (size_t)1 << 30;
-        unsigned char *buf = xalloc(nb);
-        memset(buf, 1, nb);
-        bw = dram_bw(pool, buf, nb, 3);
-        free(buf);
-    }
+    const double bw = measure_dram_bw(pool, quick);
     out("- DRAM read bandwidth, same run, %d threads: %.1f GB/s\n\n", vlm_pool_size(pool), bw);
     struct timing r = run(m, n_prompt, n_steps);
     const double t_layer = (r.decode_ms - r.head_ms) / (double)L, t_full = (double)L_full * t_layer + r.head_ms;
@@ -263,14 +266,7 @@ int main(int argc, char **argv) {
         "decoder matrix once + the head (KV cache reads excluded: ~%.1f MB at this context for 0.5B)\n",
         (long long)n_prompt, n_steps,
         (double)(2 * c05.text.n_layers * c05.text.n_kv_heads * c05.text.head_dim * 4 * (n_prompt + n_steps)) / 1e6);
-    double bw;
-    {
-        size_t nb = quick ? (size_t)256 << 20 : (size_t)1 << 30;
-        unsigned char *buf = xalloc(nb);
-        memset(buf, 1, nb);
-        bw = dram_bw(pool, buf, nb, 3);
-        free(buf);
-    }
+    const double bw = measure_dram_bw(pool, quick);
     out("- DRAM read bandwidth, same run, %d threads: %.1f GB/s\n\n", vlm_pool_size(pool), bw);
 
     const struct variant v05[] = {
