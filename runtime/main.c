@@ -1,4 +1,4 @@
-/* main.c — the vlmrun CLI: vlmrun --model DIR IMAGE PROMPT.
+/* main.c — the vlmrun CLI: vlmrun [--model PATH] IMAGE PROMPT (default model: $VLM_MODEL, else the bundled demo).
  *
  * Runs one image + prompt through the float32 reference model and streams the generated text to stdout.
  * Text mode (the model directory, or --tokenizer, has a tokenizer.json or tokenizer.model): PROMPT is the user's
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "kernels/cpu/pool.h"
 #include "kernels/cuda_backend.h"
@@ -29,11 +30,18 @@
 
 #define MAX_PROMPT_IDS 65536
 
+/* The Makefile sets it to the checkout's models/demo as an absolute path, so the built binary finds the bundled
+ * model from any working directory. */
+#ifndef VLM_DEFAULT_MODEL
+#define VLM_DEFAULT_MODEL "models/demo"
+#endif
+
 static void usage(FILE *f) {
-    fputs("usage: vlmrun --model PATH [options] IMAGE PROMPT\n"
+    fputs("usage: vlmrun [--model PATH] [options] IMAGE PROMPT\n"
           "  --model PATH    a .mbq file written by vlmconvert (quantized or not; carries its tokenizer), or a\n"
           "                  Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
+          "                  (default: $VLM_MODEL if set, else the bundled demo model " VLM_DEFAULT_MODEL ")\n"
           "  --max-new N     generate at most N tokens (default 32)\n"
           "  --device D      cuda or cpu (default: cuda when this build has the CUDA backend and a GPU is\n"
           "                  present, else cpu)\n"
@@ -245,8 +253,18 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (info && model_dir) return print_info(model_dir);
-    if (!model_dir || !image_path || !prompt) {
+    if (!model_dir) { /* the bundled demo model (or $VLM_MODEL), so a first run needs no download and no flag */
+        const char *env = getenv("VLM_MODEL");
+        model_dir = env && *env ? env : VLM_DEFAULT_MODEL;
+        if ((info || (image_path && prompt)) && access(model_dir, R_OK) != 0) {
+            fprintf(stderr, "vlmrun: error: %s: no --model given and the default model %s is not readable (%s); "
+                            "pass --model PATH or set VLM_MODEL\n",
+                    model_dir, env && *env ? "from VLM_MODEL" : "(the bundled demo)", strerror(errno));
+            return 1;
+        }
+    }
+    if (info) return print_info(model_dir);
+    if (!image_path || !prompt) {
         usage(stderr);
         return 2;
     }

@@ -1,54 +1,97 @@
 #!/usr/bin/env bash
-# eval.sh — `make eval`: quantize one model with every method vlmconvert has (RTN, AWQ, MBQ at W3 g128; RTN,
-# SmoothQuant, AWQ, MBQ at W4A8) and measure each against the float32 model with vlmeval (mean / max KL over the
-# prompt positions, top-1 agreement, greedy common prefix) on the eval cases. Writes bench/eval.md.
-# Defaults: the tiny_q fixture (random weights: it proves the pipeline, not the methods' benefit) with the test
-# tokenizer and the calibration fixture. Override: MODEL=dir CALIB=data.json N_SAMPLES=n CASES=file BUILD=dir.
+# eval.sh — `make eval`: the VQA accuracy benchmark. Converts the bundled demo model (models/demo, trained by
+# tools/train_demo.py) into every variant vlmconvert produces — FP16; W3 g128 and W4 g128 by RTN, AWQ and MBQ; W4A8
+# by RTN, SmoothQuant, AWQ and MBQ — and scores each with `vlmeval --vqa` on the test split
+# (tests/data/demo/test_eval.jsonl, one question per type per scene, never trained on), with the float checkpoint
+# as the reference: exact-match accuracy per question type, and next to it the mean KL(P_fp || P_variant) over the
+# prompt positions, top-1 agreement and the share of answers identical to FP. Writes bench/eval.md.
+#
+# The reference is the checkpoint converted with --method f32: its float32 numbers run on the fast kernels (the
+# directory itself runs on the scalar reference path, ~10x slower); tests/test_demo.c holds the directory's answers
+# to transformers' and to the accuracy floor.
+# Calibration (AWQ, SmoothQuant, MBQ): the 64 training-split caption pairs of tests/data/demo/calib (never the test
+# split). Overrides: MODEL=dir VQA=file.jsonl CALIB=data.json N_SAMPLES=n LIMIT=items (default 700, the first 100
+# scenes: ~10 min in all on 2 cores; 3193 for the whole split) OUT=file BUILD=dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
-MODEL=${MODEL:-tests/data/models/tiny_q}
-CALIB=${CALIB:-tests/data/calib/good.json}
-N=${N_SAMPLES:-3}
-CASES=${CASES:-tests/data/eval_cases.txt}
+MODEL=${MODEL:-models/demo}
+VQA=${VQA:-tests/data/demo/test_eval.jsonl}
+CALIB=${CALIB:-tests/data/demo/calib/data.json}
+N=${N_SAMPLES:-64}
+LIMIT=${LIMIT:-700}
 OUT=${OUT:-bench/eval.md}
+for f in "$MODEL/config.json" "$VQA" "$CALIB"; do
+    [ -r "$f" ] || { echo "eval.sh: error: $f: missing (see tools/make_demo_fixtures.py)" >&2; exit 1; }
+done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/model"
-cp "$MODEL"/* "$tmp/model/"
-# the fixture model has no tokenizer: calibration needs one whose ids fit its 1024 rows
-[ -f "$tmp/model/tokenizer.json" ] || [ -f "$tmp/model/tokenizer.model" ] ||
-    cp tests/data/calib/tiny_tokenizer.json "$tmp/model/tokenizer.json"
+items=$(head -n "$LIMIT" "$VQA" | grep -c .)
+rows=$tmp/rows.md
+: > "$rows"
+types=
 
-{
-    echo "# Quantization methods vs the float32 model (vlmeval)"
-    echo
-    echo "- model: \`$MODEL\`; calibration: \`$CALIB\`, $N samples, seed 42; cases: \`$CASES\`"
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "- KL(P_fp32 || P_quantized) per prompt position, mean and max; top-1 agreement over positions; greedy"
-    echo "  continuations' common prefix. The fixture model has random weights, so absolute values mean little."
-    echo
-    echo "| weights | method | mean KL | max KL | top-1 agree | greedy common prefix |"
-    echo "|---|---|---:|---:|---:|---:|"
-} > "$OUT"
-run() { # label method args...
+# vlmeval's table: | type | items | correct | accuracy % | ref correct | ref accuracy % | mean KL | top-1 % | same % |
+row() { # label method table-file ref (1: the reference's columns)
+    local label=$1 method=$2 table=$3 ref=$4
+    awk -F'|' -v l="$label" -v m="$method" -v types="$types" -v ref="$ref" '
+        function trim(s) { gsub(/^ +| +$/, "", s); return s }
+        NF > 9 { t = trim($2); acc[t] = trim(ref ? $7 : $5); kl[t] = trim($8); top[t] = trim($9); same[t] = trim($10) }
+        END {
+            n = split(types, ts, " "); line = "| " l " | " m " |"
+            for (i = 1; i <= n; i++) line = line " " (ts[i] in acc ? acc[ts[i]] : "-") " |"
+            if (ref) line = line " " acc["all"] " | 0 | 100 | 100 |"
+            else line = line " " acc["all"] " | " kl["all"] " | " top["all"] " | " same["all"] " |"
+            print line
+        }' "$table" >> "$rows"
+}
+variant() { # label method args...
     local label=$1 method=$2
     shift 2
     local calib=()
-    [ "$method" = rtn ] || calib=(--calib "$CALIB" --n-samples "$N")
-    "$B/vlmconvert" --model "$tmp/model" --out "$tmp/q.mbq" --method "$method" "$@" "${calib[@]}" --quiet
-    local line
-    line=$("$B/vlmeval" --ref "$MODEL" --model "$tmp/q.mbq" --cases "$CASES" 2>/dev/null | tail -1)
-    # "| all | 5 cases | 523 | mean | max | top1 % | a / b |"
-    echo "$line" | awk -F'|' -v l="$label" -v m="$method" \
-        '{ gsub(/ /, "", $5); gsub(/ /, "", $6); gsub(/^ +| +$/, "", $7); gsub(/^ +| +$/, "", $8);
-           printf "| %s | %s | %s | %s | %s | %s |\n", l, m, $5, $6, $7, $8 }' >> "$OUT"
+    case $method in rtn | fp16) ;; *) calib=(--calib "$CALIB" --n-samples "$N") ;; esac
+    echo "eval.sh: $label $method" >&2
+    "$B/vlmconvert" --model "$MODEL" --out "$tmp/q.mbq" --method "$method" "$@" "${calib[@]}" --quiet
+    "$B/vlmeval" --vqa "$VQA" --model "$tmp/q.mbq" --ref "$tmp/fp.mbq" --limit "$LIMIT" > "$tmp/table.md"
+    if [ -z "$types" ]; then # the question types in vlmeval's first-seen order: the columns
+        types=$(awk -F'|' 'NF > 9 { t = $2; gsub(/ /, "", t); if (t != "type" && t != "all" && t !~ /^[-:]+$/) print t }' \
+            "$tmp/table.md" | tr '\n' ' ')
+        row "FP32" "float checkpoint" "$tmp/table.md" 1
+    fi
+    row "$label" "$method" "$tmp/table.md" 0
 }
-run "W3 g128" rtn --wbits 3
-run "W3 g128" awq --wbits 3
-run "W3 g128" mbq --wbits 3
-run "W4A8" rtn --wbits 4 --abits 8
-run "W4A8" smoothquant --wbits 4 --abits 8
-run "W4A8" awq --wbits 4 --abits 8
-run "W4A8" mbq --wbits 4 --abits 8
+# the reference: the checkpoint in float32 as a .mbq (the same numbers as the directory, on the fast kernels)
+"$B/vlmconvert" --model "$MODEL" --out "$tmp/fp.mbq" --method f32 --quiet
+variant "FP16" fp16
+variant "W3 g128" rtn --wbits 3
+variant "W3 g128" awq --wbits 3
+variant "W3 g128" mbq --wbits 3
+variant "W4 g128" rtn --wbits 4
+variant "W4 g128" awq --wbits 4
+variant "W4 g128" mbq --wbits 4
+variant "W4A8" rtn --wbits 4 --abits 8
+variant "W4A8" smoothquant --wbits 4 --abits 8
+variant "W4A8" awq --wbits 4 --abits 8
+variant "W4A8" mbq --wbits 4 --abits 8
+
+{
+    echo "# VQA accuracy of the demo model and its quantized variants (vlmeval --vqa)"
+    echo
+    echo "- model: \`$MODEL\` (reference: its float32 conversion); questions: the first $items items of \`$VQA\`"
+    echo "  (the test split, one question per type per scene); exact match of the greedy answer, with the chat"
+    echo "  template and stop ids \`vlmrun\` uses by default"
+    echo "- calibration (AWQ, SmoothQuant, MBQ): \`$CALIB\`, $N samples"
+    echo "- mean KL: KL(P_fp || P_variant) per prompt position, averaged over all items; top-1 agree: over the"
+    echo "  prompt positions; same answer: share of items whose answer equals the FP model's"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    echo
+    printf "| variant | method |"
+    for t in $types; do printf " %s %% |" "$t"; done
+    echo " all % | mean KL | top-1 agree % | same answer % |"
+    printf "|---|---|"
+    for t in $types; do printf -- "---:|"; done
+    echo "---:|---:|---:|---:|"
+    cat "$rows"
+} > "$OUT.tmp"
+mv "$OUT.tmp" "$OUT"
 cat "$OUT"
