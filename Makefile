@@ -99,10 +99,7 @@ $(BUILD)/%.o: %.c
 	$(Q)$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 # vlmrun's default model: the checkout's bundled demo, by absolute path so the binary works from any directory
-$(BUILD)/runtime/main.o: runtime/main.c
-	@mkdir -p $(dir $@)
-	@echo "  CC    $<"
-	$(Q)$(CC) $(CFLAGS) -DVLM_DEFAULT_MODEL='"$(CURDIR)/models/demo"' -MMD -MP -c -o $@ $<
+$(BUILD)/runtime/main.o: CFLAGS += -DVLM_DEFAULT_MODEL='"$(CURDIR)/models/demo"'
 
 $(BUILD)/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)

@@ -265,7 +265,8 @@ def encode_dialog(processor, image, turns, system, header_ids, end_id):
         text += f"\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>"
     f = processor(images=[image], text=[text], return_tensors="pt")
     ids = f["input_ids"][0]
-    labels = torch_full_like(ids, -100)
+    labels = ids.clone()
+    labels[:] = -100
     L, h, n_ans = len(ids), len(header_ids), 0
     lst = ids.tolist()
     for i in range(L - h + 1):
@@ -278,11 +279,6 @@ def encode_dialog(processor, image, turns, system, header_ids, end_id):
             n_ans += 1
     assert n_ans == len(turns), f"found {n_ans} answers, want {len(turns)}"
     return dict(input_ids=ids, labels=labels, pixel_values=f["pixel_values"][0], image_sizes=f["image_sizes"][0])
-
-
-def torch_full_like(t, v):
-    import torch
-    return torch.full_like(t, v)
 
 
 def collate(items, pad_id):
@@ -313,7 +309,9 @@ class TrainData:
         self.type_p = w / w.sum()
         self.pool_id, self.pool = None, None
         self.answer_ids = {}
-        self.header_ids, self.end_id = None, None
+        # --turns > 1: what marks each answer in a dialog (encode_dialog)
+        self.header_ids = raw_tok.encode("<|im_start|>assistant\n", add_special_tokens=False).ids
+        self.end_id = raw_tok.token_to_id("<|im_end|>")
         self.total = args.steps or 0
 
     def objects_at(self, step):
@@ -342,9 +340,6 @@ class TrainData:
             rest = [x for x in rec["qa"] if x is not qa]
             pick = rng.permutation(len(rest))[:self.args.turns - 1]
             turns = [(qa["q"], qa["a"])] + [(rest[int(k)]["q"], rest[int(k)]["a"]) for k in pick]
-            if self.header_ids is None:
-                self.header_ids = self.tok.encode("<|im_start|>assistant\n", add_special_tokens=False).ids
-                self.end_id = self.tok.token_to_id("<|im_end|>")
             return encode_dialog(self.processor, img, turns, system, self.header_ids, self.end_id)
         a = qa["a"]
         if a not in self.answer_ids:
