@@ -20,7 +20,7 @@ Promises:
     tokenizer_config.json, chat_template.json; it is reloaded with from_pretrained and evaluated from the files.
 
 Usage:   python tools/train_demo.py --out models/demo --work /tmp/demo/work --steps 3000 --turns 5 --threads 2
-                                                                 (the bundled model: 76 min on 2 cores)
+                                                                 (the bundled model: 82 min on 2 cores)
          python tools/train_demo.py --out /tmp/demo/model --work /tmp/demo/work --steps 30 --threads 1   (smoke)
          python tools/train_demo.py --out DIR --eval-only        (evaluates a saved checkpoint on the val split)
 Writes:  --out (the checkpoint), --work/ckpt.pt (resumable state), --work/report.{json,md} (per-type accuracy).
@@ -572,7 +572,7 @@ def main():
     ap.add_argument("--text-hidden", type=int, default=TEXT["hidden_size"])
     ap.add_argument("--text-layers", type=int, default=TEXT["num_hidden_layers"])
     ap.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"])
-    ap.add_argument("--vit-steps", type=int, default=1000, help="stage 0: vision tower pretraining steps (0: none)")
+    ap.add_argument("--vit-steps", type=int, default=3000, help="stage 0: vision tower pretraining steps (0: none)")
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--curriculum", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.25, 0.4),
                     help="A,B: one-object scenes for the first fraction A of the steps, two objects until B")
