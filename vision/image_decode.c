@@ -171,7 +171,7 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
         }
         char why[160];
         if (!img_png_chunks_ok(buf, len, why, sizeof why)) {
-            vlm_log_error("%s: unsupported PNG: %s", name, why);
+            vlm_log_error("%s: corrupt PNG: %s", name, why);
             goto fail;
         }
     } else if (len >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) {

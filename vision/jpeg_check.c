@@ -96,7 +96,7 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
     return 1;
 }
 
-/* The same Debian stb_image copies a zero-length first IDAT chunk from a NULL buffer (NULL + 0: undefined
+/* Chunk framing, checked before stb decodes. The same Debian stb_image copies a zero-length first IDAT chunk from a NULL buffer (NULL + 0: undefined
  * behaviour that UBSan reports; found by tests/fuzz/fuzz_image.c, regression file
  * tests/data/bad/png_empty_idat.png). Such chunks carry nothing, so they are rejected before stb sees them. */
 int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
@@ -107,7 +107,14 @@ int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
             snprintf(why, cap, "empty IDAT chunk at byte %zu", i);
             return 0;
         }
-        if (memcmp(buf + i + 4, "IEND", 4) == 0 || n > len - i - 12) return 1; /* stb reports truncation itself */
+        if (memcmp(buf + i + 4, "IEND", 4) == 0) return 1;
+        if (n > len - i - 12) {
+            /* stb grows its IDAT buffer to the declared length before it notices the file ends: a 1.4 KB file
+             * declaring a 1 GB IDAT made it realloc 2 GiB (tests/fuzz/fuzz_image.c, tests/data/bad/png_idat_huge.png) */
+            snprintf(why, cap, "truncated: chunk %.4s at byte %zu declares %zu bytes, past the end of the file",
+                     (const char *)(buf + i + 4), i, n);
+            return 0;
+        }
         i += 12 + n;
     }
     return 1;
