@@ -20,6 +20,12 @@ struct vlm_image {
     uint8_t *rgb;                    /* (height, width, 3), malloc'd */
 };
 
+/* Big-endian reads of PNG and JPEG header fields: the one pair both the size check and the chunk walkers use. */
+static inline uint32_t img_rd_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+static inline uint32_t img_rd_be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | (uint32_t)p[1]; }
+
 /* Decodes a PNG or JPEG file. Alpha is composited over white; grey becomes R=G=B. Rejects other formats,
  * files over IMG_MAX_FILE_BYTES, sides over IMG_MAX_SIDE and more than IMG_MAX_PIXELS pixels before decoding.
  * One error line naming the file. */
@@ -32,7 +38,8 @@ void img_free(struct vlm_image *img); /* frees rgb, zeroes the struct; NULL ok *
  * build without writing out of bounds (at most 256 codes, values inside the segment), else 0 with the reason in
  * why[0..cap). img_decode_memory calls it before stb_image sees a JPEG. */
 int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
-/* Rejects PNG chunk patterns the system stb_image mishandles (an empty IDAT); why gets the reason. */
+/* Rejects PNG chunk patterns the system stb_image mishandles (an empty IDAT, a chunk declaring more bytes than the
+ * file holds); why gets the reason. */
 int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
 
 /* PIL Image.resize(..., BICUBIC) on uint8 data with c interleaved channels, bit-exact.

@@ -72,18 +72,14 @@ static const char *other_format_name(const uint8_t *b, size_t len) {
     return NULL;
 }
 
-static uint32_t rd_be32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-static uint32_t rd_be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | (uint32_t)p[1]; }
 
 /* PNG: the first chunk must be IHDR (length 13); width and height are its first two big-endian u32.
  * Returns false when the header is malformed (stb would reject it as well). */
 static bool png_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *h) {
     if (len < 8 + 8 + 13) return false;
-    if (rd_be32(b + 8) != 13 || memcmp(b + 12, "IHDR", 4) != 0) return false;
-    *w = rd_be32(b + 16);
-    *h = rd_be32(b + 20);
+    if (img_rd_be32(b + 8) != 13 || memcmp(b + 12, "IHDR", 4) != 0) return false;
+    *w = img_rd_be32(b + 16);
+    *h = img_rd_be32(b + 20);
     return true;
 }
 
@@ -107,12 +103,12 @@ static bool jpeg_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *
         if (m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue; /* standalone markers */
         if (m == 0xD9) return false;                         /* EOI before any scan */
         if (off + 2 > len) return false;
-        uint32_t seg = rd_be16(b + off);
+        uint32_t seg = img_rd_be16(b + off);
         if (seg < 2 || seg > len - off) return false;
         if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && !have_frame) {
             if (seg < 7) return false;
-            *h = rd_be16(b + off + 3);
-            *w = rd_be16(b + off + 5);
+            *h = img_rd_be16(b + off + 3);
+            *w = img_rd_be16(b + off + 5);
             have_frame = true;
         }
         if (m == 0xDA) { /* start of scan: the rest is entropy-coded data; look for EOI after it */

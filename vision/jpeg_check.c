@@ -82,7 +82,7 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
             continue;
         }
         if (m == 0xD9) return 1; /* EOI */
-        size_t seg = ((size_t)buf[i + 2] << 8) | buf[i + 3];
+        size_t seg = img_rd_be16(buf + i + 2);
         if (seg < 2 || seg > len - i - 2) {
             /* stb would read such a segment anyway, taking missing bytes as zeros; a valid file never has one */
             snprintf(why, cap, "marker 0x%02X at byte %zu declares %zu bytes, past the end of the file", m, i, seg);
@@ -102,7 +102,7 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
 int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
     size_t i = 8; /* after the signature (checked by the caller) */
     while (len - i >= 12) {
-        size_t n = ((size_t)buf[i] << 24) | ((size_t)buf[i + 1] << 16) | ((size_t)buf[i + 2] << 8) | buf[i + 3];
+        size_t n = img_rd_be32(buf + i);
         if (n == 0 && memcmp(buf + i + 4, "IDAT", 4) == 0) {
             snprintf(why, cap, "empty IDAT chunk at byte %zu", i);
             return 0;
