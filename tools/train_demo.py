@@ -265,8 +265,7 @@ def encode_dialog(processor, image, turns, system, header_ids, end_id):
         text += f"\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>"
     f = processor(images=[image], text=[text], return_tensors="pt")
     ids = f["input_ids"][0]
-    labels = ids.clone()
-    labels[:] = -100
+    labels = ids.new_full(ids.shape, -100)  # no answer token until the walk below marks it
     L, h, n_ans = len(ids), len(header_ids), 0
     lst = ids.tolist()
     for i in range(L - h + 1):
