@@ -1,7 +1,8 @@
 /* eval.c — the vlmeval CLI, two modes:
  *
  *   vlmeval --ref REF --model MODEL [--cases FILE] [--greedy N] [--kernels fast|ref]
- *   vlmeval --vqa FILE.jsonl --model MODEL [--ref REF] [--limit N] [--max-new N] [--kernels fast|ref]
+ *   vlmeval --vqa FILE.jsonl --model MODEL [--ref REF] [--limit N] [--max-new N] [--answers OUT.jsonl]
+ *           [--kernels fast|ref]
  *
  * Cases mode: how far a converted (quantized) model's next-token distributions are from a reference model's, over
  * fixed image prompts — the llama-perplexity KLD method (targets.md §5.2) on multimodal prompts. For every case (an
@@ -17,6 +18,8 @@
  * (case-sensitive) with "a", also trimmed. stdout gets one markdown table: a row per question type (first-seen
  * order) and an "all" row. With --ref, REF answers the same prompt ids too, and the table adds REF's accuracy, mean
  * KL(P_ref || P_model) and top-1 agreement over the prompt positions, and the share of identical answers.
+ * --answers writes every item's answer next to the expected one (JSONL), so that what a model gets wrong can be
+ * studied, not only counted; the file appears whole (temp file, rename) or not at all.
  *
  * Exit 0 on success, 1 on error (one line on stderr naming the file, and for VQA input the line), 2 on usage. */
 #include <cjson/cJSON.h>
@@ -60,6 +63,10 @@ static void usage(FILE *f) {
           "                  agreement over the prompt positions, and the share of items with identical answers\n"
           "  --limit N       the first N items only\n"
           "  --max-new N     answer tokens at most (default 32, as vlmrun)\n"
+          "  --answers OUT   also write one JSON object per item to OUT: {\"line\", \"file\", \"type\", \"q\", \"a\",\n"
+          "                  \"got\" (MODEL's answer, trimmed), \"ok\"} and with --ref \"ref_got\", \"ref_ok\"\n"
+          "                  (\"line\": the item's line in FILE, \"file\": the image as opened; written to a temp\n"
+          "                  file, renamed when complete)\n"
           "stdout is one markdown table, a row per question type in first-seen order and an \"all\" row:\n"
           "  | type | items | correct | accuracy % |\n"
           "  and with --ref also | ref correct | ref accuracy % | mean KL | top-1 agree % | same answer % |\n"
@@ -572,8 +579,74 @@ static void add_stats(struct vqa_stats *to, const struct vqa_stats *x) {
 }
 
 /* VQA mode, after argument parsing (ref_path may be NULL). Returns the exit status. */
+/* --answers: the file being written (tmp, renamed to path by answers_close when every item is in it). */
+struct answers_out {
+    const char *path;
+    char *tmp;
+    FILE *f;
+};
+
+static bool answers_open(struct answers_out *a, const char *path) {
+    a->path = path;
+    const size_t n = strlen(path) + 32;
+    a->tmp = malloc(n);
+    if (!a->tmp) {
+        vlm_log_error("%s: out of memory for the temp file name", path);
+        return false;
+    }
+    snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    a->f = fopen(a->tmp, "w");
+    if (!a->f) {
+        vlm_log_error("%s: cannot write: %s", path, strerror(errno));
+        free(a->tmp);
+        a->tmp = NULL;
+        return false;
+    }
+    return true;
+}
+
+/* One item's line; got/ref_got are the trimmed answers [b, e) of their strings (ref_got NULL without --ref). */
+static bool answers_put(struct answers_out *a, const struct vqa_item *it, const char *type, const struct vlm_str *got,
+                        size_t b, size_t e, bool ok, const struct vlm_str *ref_got, size_t rb, size_t re, bool ref_ok) {
+    cJSON *o = cJSON_CreateObject();
+    char *g = o ? strndup(got->s + b, e - b) : NULL, *rg = NULL;
+    bool good = g != NULL && (!ref_got || (rg = strndup(ref_got->s + rb, re - rb)) != NULL) &&
+                cJSON_AddNumberToObject(o, "line", (double)it->line) && cJSON_AddStringToObject(o, "file", it->image) &&
+                cJSON_AddStringToObject(o, "type", type) && cJSON_AddStringToObject(o, "q", it->question) &&
+                cJSON_AddStringToObject(o, "a", it->answer) && cJSON_AddStringToObject(o, "got", g) &&
+                cJSON_AddBoolToObject(o, "ok", ok) &&
+                (!ref_got ||
+                 (cJSON_AddStringToObject(o, "ref_got", rg) && cJSON_AddBoolToObject(o, "ref_ok", ref_ok)));
+    char *line = good ? cJSON_PrintUnformatted(o) : NULL;
+    bool written = false;
+    if (!line) vlm_log_error("%s: out of memory for line %lld's answer", a->path, (long long)it->line);
+    else if (fprintf(a->f, "%s\n", line) < 0) vlm_log_error("%s: write failed: %s", a->path, strerror(errno));
+    else written = true;
+    free(line);
+    free(g);
+    free(rg);
+    cJSON_Delete(o);
+    return written;
+}
+
+/* keep: rename the complete file into place; else (or when that fails) remove the temp file. */
+static bool answers_close(struct answers_out *a, bool keep) {
+    if (!a->f) return true;
+    bool ok = fclose(a->f) == 0;
+    a->f = NULL;
+    if (keep && !ok) vlm_log_error("%s: write failed: %s", a->path, strerror(errno));
+    if (keep && ok && rename(a->tmp, a->path) != 0) {
+        vlm_log_error("%s: cannot rename the finished temp file into place: %s", a->path, strerror(errno));
+        ok = false;
+    }
+    if (!keep || !ok) unlink(a->tmp);
+    free(a->tmp);
+    a->tmp = NULL;
+    return ok;
+}
+
 static int vqa_main(const char *vqa_path, const char *model_path, const char *ref_path, int64_t limit,
-                    int64_t max_new, enum vlm_kernels kernels) {
+                    int64_t max_new, const char *answers_path, enum vlm_kernels kernels) {
     int rc = 1;
     struct vqa_set set = {0};
     struct vqa_model mod = {0}, ref = {0};
@@ -581,10 +654,12 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
     struct vlm_str ans_mod = {0}, ans_ref = {0};
     int64_t *gen_mod = NULL, *gen_ref = NULL;
     struct vlm_text_out *text_out = NULL;
+    struct answers_out answers = {0};
     const bool with_ref = ref_path != NULL;
 
     /* cheap input checks first: every line parses and names an existing image before a model loads */
     if (!vqa_read(vqa_path, limit, &set)) goto done;
+    if (answers_path && !answers_open(&answers, answers_path)) goto done; /* an unwritable OUT fails before a load */
     vlm_log_info("%s: %lld items, %lld question types", vqa_path, (long long)set.n_items, (long long)set.n_types);
     if (vlm_model_load(model_path, &mod.m) != VLM_OK) goto done;
     mod.m->kernels = kernels;
@@ -643,15 +718,18 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
             ok = false;
         }
         size_t bm = 0, em = 0, br = 0, er = 0;
+        bool right = false, ref_right = false;
         ok = ok && vqa_decode(text_out, tok, gen_mod, n_gen_mod, &ans_mod);
         if (ok) {
             row->n++;
-            row->correct += answer_matches(&ans_mod, it->answer, &bm, &em);
+            right = answer_matches(&ans_mod, it->answer, &bm, &em);
+            row->correct += right;
         }
         if (ok && with_ref) {
             ok = vqa_decode(text_out, tok, gen_ref, n_gen_ref, &ans_ref);
             if (ok) {
-                row->ref_correct += answer_matches(&ans_ref, it->answer, &br, &er);
+                ref_right = answer_matches(&ans_ref, it->answer, &br, &er);
+                row->ref_correct += ref_right;
                 row->same += em - bm == er - br && memcmp(ans_mod.s + bm, ans_ref.s + br, em - bm) == 0;
                 for (int64_t p = 0; p < n_mod; p++) {
                     row->sum_kl += kl_row(lg_ref + p * V, lg_mod + p * V, V);
@@ -660,6 +738,9 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
                 row->n_pos += n_mod;
             }
         }
+        if (ok && answers.f)
+            ok = answers_put(&answers, it, set.types[it->type].name, &ans_mod, bm, em, right,
+                             with_ref ? &ans_ref : NULL, br, er, ref_right);
         free(ids_mod);
         free(ids_ref);
         free(lg_mod);
@@ -680,8 +761,9 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
         add_stats(&all, &set.types[t].s);
     }
     print_row("all", &all, with_ref);
-    rc = 0;
+    rc = answers_close(&answers, true) ? 0 : 1;
 done:
+    answers_close(&answers, false); /* after an error: no partial file is left behind */
     vqa_set_free(&set);
     tok_free(tok);
     free(mod.stop);
@@ -714,7 +796,7 @@ static int64_t parse_count(const char *opt, const char *s, int64_t lo, int64_t h
 
 int main(int argc, char **argv) {
     vlm_log_set_prog("vlmeval");
-    const char *ref_path = NULL, *model_path = NULL, *cases_path = NULL, *vqa_path = NULL;
+    const char *ref_path = NULL, *model_path = NULL, *cases_path = NULL, *vqa_path = NULL, *answers_path = NULL;
     int64_t n_greedy = 16, limit = INT64_MAX, max_new = 32;
     bool greedy_set = false, limit_set = false, max_new_set = false;
     enum vlm_kernels kernels = VLM_KERNELS_FAST;
@@ -731,6 +813,8 @@ int main(int argc, char **argv) {
             cases_path = argv[++i];
         } else if (v && strcmp(argv[i], "--vqa") == 0) {
             vqa_path = argv[++i];
+        } else if (v && strcmp(argv[i], "--answers") == 0) {
+            answers_path = argv[++i];
         } else if (v && strcmp(argv[i], "--greedy") == 0) {
             if ((n_greedy = parse_count("--greedy", argv[++i], 1, 256)) < 0) return 2;
             greedy_set = true;
@@ -763,10 +847,11 @@ int main(int argc, char **argv) {
             usage(stderr);
             return 2;
         }
-        return vqa_main(vqa_path, model_path, ref_path, limit, max_new, kernels);
+        return vqa_main(vqa_path, model_path, ref_path, limit, max_new, answers_path, kernels);
     }
-    if (limit_set || max_new_set) {
-        fprintf(stderr, "vlmeval: %s belongs to VQA mode (--vqa FILE)\n", limit_set ? "--limit" : "--max-new");
+    if (limit_set || max_new_set || answers_path) {
+        fprintf(stderr, "vlmeval: %s belongs to VQA mode (--vqa FILE)\n",
+                limit_set ? "--limit" : max_new_set ? "--max-new" : "--answers");
         return 2;
     }
     if (!ref_path || !model_path) {

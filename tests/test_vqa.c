@@ -176,6 +176,59 @@ TEST(vqa_scores_exact_match_with_vlmrun) {
     CHECK(strcmp(row(out, "color"), "2,1,50.0,1,50.0,0.000000,100.0,100.0") == 0);
     CHECK(strcmp(row(out, "all"), "4,2,50.0,2,50.0,0.000000,100.0,100.0") == 0);
     CHECK(strstr(err, "error") == NULL);
+
+    /* --answers: one object per item, in order, with the line it came from, vlmrun's answer (trimmed) as "got" and
+     * the verdict the table counted; REF's answer too with --ref; the file appears whole and no temp file stays */
+    char ans_path[1024];
+    snprintf(ans_path, sizeof ans_path, "%s/answers.jsonl", dir);
+    snprintf(args, sizeof args, "--vqa '%s' --model '%s' --ref '%s' --answers '%s'", path, model_dir(), model_dir(),
+             ans_path);
+    rc = vlmeval(args, out, sizeof out, err, sizeof err);
+    if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+    size_t alen = 0;
+    char *ans = test_read_file(ans_path, &alen);
+    if (CHECK(ans != NULL) && CHECK_EQ(count_lines(ans), 4)) {
+        a1[n1 - 1] = 0, a2[strcspn(a2, "\n")] = 0; /* vlmrun's newline is not part of the answer */
+        const int want_line[4] = {1, 2, 4, 5};
+        const char *want_type[4] = {"color", "shape", "color", "count"}, *want_got[4] = {a1, a2, a1, a2};
+        const bool want_ok[4] = {true, true, false, false};
+        char *save = NULL;
+        int k = 0;
+        for (char *l = strtok_r(ans, "\n", &save); l && k < 4; l = strtok_r(NULL, "\n", &save), k++) {
+            cJSON *o = cJSON_Parse(l);
+            if (!CHECK(o != NULL)) continue;
+            const cJSON *got = cJSON_GetObjectItemCaseSensitive(o, "got"),
+                        *rgot = cJSON_GetObjectItemCaseSensitive(o, "ref_got"),
+                        *type = cJSON_GetObjectItemCaseSensitive(o, "type");
+            CHECK_EQ((int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(o, "line")), want_line[k]);
+            CHECK(cJSON_IsString(type) && strcmp(type->valuestring, want_type[k]) == 0);
+            CHECK(cJSON_IsString(got) && strcmp(got->valuestring, want_got[k]) == 0);
+            CHECK(cJSON_IsString(rgot) && strcmp(rgot->valuestring, want_got[k]) == 0);
+            CHECK(cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(o, "ok")) &&
+                  cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "ok")) == want_ok[k]);
+            CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "ref_ok")) == want_ok[k]);
+            cJSON_Delete(o);
+        }
+    }
+    free(ans);
+    /* an unwritable OUT: one error line naming it, exit 1, before any model loads */
+    snprintf(args, sizeof args, "--vqa '%s' --model '%s' --answers '%s/no_such_dir/a.jsonl'", path, model_dir(), dir);
+    CHECK_EQ(vlmeval(args, out, sizeof out, err, sizeof err), 1);
+    CHECK(one_error_line(err) && strstr(err, "no_such_dir/a.jsonl") != NULL);
+    /* a failure after OUT was opened leaves neither OUT nor its temp file: an empty image file exists (the JSONL
+     * check passes it) but fails to decode when its item is asked, after one good item was written */
+    snprintf(cmd, sizeof cmd, "rm -f '%s' && : >'%s/img/empty.png'", ans_path, dir);
+    if (CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0)) {
+        char jl2[4096] = "", path2[1024];
+        add_line(jl2, sizeof jl2, "img/single_40x50.png", "shape", q2, a2, false);
+        add_line(jl2, sizeof jl2, "img/empty.png", "shape", q2, a2, false);
+        snprintf(path2, sizeof path2, "%s/gone.jsonl", dir);
+        test_write_file(path2, jl2, strlen(jl2));
+        snprintf(args, sizeof args, "--vqa '%s' --model '%s' --answers '%s'", path2, model_dir(), ans_path);
+        CHECK_EQ(vlmeval(args, out, sizeof out, err, sizeof err), 1);
+        snprintf(cmd, sizeof cmd, "test -z \"$(ls '%s' | grep answers)\"", dir);
+        CHECK_EQ(test_run_cmd(cmd, NULL, 0), 0);
+    }
 done:
     free(a1);
     free(a2);
