@@ -578,7 +578,6 @@ static void add_stats(struct vqa_stats *to, const struct vqa_stats *x) {
     to->n_pos += x->n_pos, to->n_agree += x->n_agree, to->sum_kl += x->sum_kl;
 }
 
-/* VQA mode, after argument parsing (ref_path may be NULL). Returns the exit status. */
 /* --answers: the file being written (tmp, renamed to path by answers_close when every item is in it). */
 struct answers_out {
     const char *path;
@@ -645,6 +644,7 @@ static bool answers_close(struct answers_out *a, bool keep) {
     return ok;
 }
 
+/* VQA mode, after argument parsing (ref_path, answers_path may be NULL). Returns the exit status. */
 static int vqa_main(const char *vqa_path, const char *model_path, const char *ref_path, int64_t limit,
                     int64_t max_new, const char *answers_path, enum vlm_kernels kernels) {
     int rc = 1;

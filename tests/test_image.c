@@ -619,4 +619,12 @@ TEST(image_decode_rejects_oversized_huffman_table) {
     expect_load_error(test_path("tests/data/bad/png_empty_idat.png"), VLM_ERR_FORMAT, "empty IDAT");
     /* fuzzer find: a 1.4 KB PNG whose IDAT declares ~1 GB (stb reallocated 2 GiB before noticing the end) */
     expect_load_error(test_path("tests/data/bad/png_idat_huge.png"), VLM_ERR_FORMAT, "past the end of the file");
+    /* the same with control bytes in that chunk's type: the message names it and stays one line */
+    size_t n = 0;
+    uint8_t *b = (uint8_t *)test_read_file(test_path("tests/data/bad/png_idat_huge.png"), &n);
+    if (CHECK(b != NULL && n > 1098 && memcmp(b + 1094, "IDAT", 4) == 0)) {
+        memcpy(b + 1094, "\nAT\x01", 4);
+        expect_memory_error(b, n, VLM_ERR_FORMAT, "chunk ?AT? at byte 1090 declares");
+    }
+    free(b);
 }

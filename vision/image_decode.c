@@ -72,7 +72,6 @@ static const char *other_format_name(const uint8_t *b, size_t len) {
     return NULL;
 }
 
-
 /* PNG: the first chunk must be IHDR (length 13); width and height are its first two big-endian u32.
  * Returns false when the header is malformed (stb would reject it as well). */
 static bool png_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *h) {

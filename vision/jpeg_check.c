@@ -1,4 +1,5 @@
-/* jpeg_check.c — a marker walk over a JPEG file that rejects Huffman tables stb_image would mishandle.
+/* jpeg_check.c — a marker walk over a JPEG file that rejects Huffman tables stb_image would mishandle, and a chunk
+ * walk over a PNG file that rejects the chunk framing it mishandles (img_png_chunks_ok, at the end).
  *
  * Why: the stb_image shipped by Debian (libstb-dev) builds a Huffman table from 16 code-length counts without
  * checking that they sum to at most 256; a crafted DHT segment then writes past the 257-byte size list and the
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "image.h"
+#include "runtime/util.h"
 
 /* Checks one DHT segment payload p[0..n). */
 /* defined[class][id]: set for every table a DHT segment defines (class 0 = DC, 1 = AC). */
@@ -96,8 +98,8 @@ int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
     return 1;
 }
 
-/* Chunk framing, checked before stb decodes. The same Debian stb_image copies a zero-length first IDAT chunk from a NULL buffer (NULL + 0: undefined
- * behaviour that UBSan reports; found by tests/fuzz/fuzz_image.c, regression file
+/* Chunk framing, checked before stb decodes. The same Debian stb_image copies a zero-length first IDAT chunk from a
+ * NULL buffer (NULL + 0: undefined behaviour that UBSan reports; found by tests/fuzz/fuzz_image.c, regression file
  * tests/data/bad/png_empty_idat.png). Such chunks carry nothing, so they are rejected before stb sees them. */
 int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
     size_t i = 8; /* after the signature (checked by the caller) */
@@ -110,9 +112,13 @@ int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap) {
         if (memcmp(buf + i + 4, "IEND", 4) == 0) return 1;
         if (n > len - i - 12) {
             /* stb grows its IDAT buffer to the declared length before it notices the file ends: a 1.4 KB file
-             * declaring a 1 GB IDAT made it realloc 2 GiB (tests/fuzz/fuzz_image.c, tests/data/bad/png_idat_huge.png) */
-            snprintf(why, cap, "truncated: chunk %.4s at byte %zu declares %zu bytes, past the end of the file",
-                     (const char *)(buf + i + 4), i, n);
+             * declaring a 1 GB IDAT made it realloc 2 GiB (tests/fuzz/fuzz_image.c,
+             * tests/data/bad/png_idat_huge.png) */
+            char type[5], shown[5]; /* the chunk type is the file's bytes: control bytes must not break the line */
+            memcpy(type, buf + i + 4, 4);
+            type[4] = 0;
+            snprintf(why, cap, "truncated: chunk %s at byte %zu declares %zu bytes, past the end of the file",
+                     vlm_printable(type, shown, sizeof shown), i, n);
             return 0;
         }
         i += 12 + n;
