@@ -491,7 +491,7 @@ TEST(image_decode_rejects_truncated) {
     int n_ok = 0;
     for (int cut = 0; cut < len; cut += (cut < 64 ? 1 : 97)) {
         struct vlm_image img = {0};
-                char msg[1024];
+        char msg[1024];
         test_capture_begin();
         enum vlm_status st = img_decode_memory(png, (size_t)cut, "cut.png", &img);
         test_capture_end(msg, sizeof msg);
@@ -513,12 +513,49 @@ TEST(image_decode_rejects_truncated) {
         expect_memory_error((uint8_t *)jpg, jlen * 2 / 3, VLM_ERR_FORMAT, "JPEG");
         expect_memory_error((uint8_t *)jpg, 20, VLM_ERR_FORMAT, "JPEG");
         for (size_t cut = 0; cut < jlen; cut += 7) { /* no cut point may crash or over-read */
-                        char msg[1024];
+            char msg[1024];
             test_capture_begin();
             enum vlm_status st = img_decode_memory((uint8_t *)jpg, cut, "cut.jpg", &img);
             test_capture_end(msg, sizeof msg);
             if (st == VLM_OK) img_free(&img);
             CHECK(st == VLM_ERR_FORMAT);
+        }
+        free(jpg);
+    }
+}
+
+/* A progressive JPEG with restart markers: ten scans, Huffman tables between them and RSTn in the entropy-coded data
+ * are what the pre-decode marker walk (vision/image_check.c) must step over. The file holds the baseline fixture's
+ * quantized coefficients reordered (tools/make_fixtures.py; PIL decodes both to identical pixels), so the decode
+ * must equal the baseline file's exactly; and since stb fills a progressive file's missing scans with zeros, no
+ * cut of it may decode. */
+TEST(image_decode_progressive_jpeg_equals_baseline) {
+    struct vlm_image base, prog;
+    if (!CHECK_EQ(img_load(test_path("tests/data/images/photo_60x45.jpg"), &base), VLM_OK)) return;
+    if (CHECK_EQ(img_load(test_path("tests/data/images/photo_60x45_progressive.jpg"), &prog), VLM_OK)) {
+        if (CHECK_EQ(prog.width, base.width) && CHECK_EQ(prog.height, base.height)) {
+            size_t n = (size_t)base.width * (size_t)base.height * 3, n_diff = 0;
+            for (size_t i = 0; i < n; i++) n_diff += prog.rgb[i] != base.rgb[i];
+            CHECK_EQ(n_diff, 0);
+        }
+        img_free(&prog);
+    }
+    img_free(&base);
+
+    char *jpg;
+    size_t jlen;
+    if (CHECK_EQ(vlm_file_read_all(test_path("tests/data/images/photo_60x45_progressive.jpg"), 1 << 20, &jpg, &jlen),
+                 VLM_OK)) {
+        expect_memory_error((uint8_t *)jpg, jlen - 2, VLM_ERR_FORMAT, "truncated JPEG: no end-of-image marker");
+        for (size_t cut = 0; cut < jlen; cut += 5) {
+            struct vlm_image img;
+            char msg[1024];
+            test_capture_begin();
+            enum vlm_status st = img_decode_memory((uint8_t *)jpg, cut, "cut.jpg", &img);
+            test_capture_end(msg, sizeof msg);
+            if (st == VLM_OK) img_free(&img);
+            if (!CHECK(st == VLM_ERR_FORMAT && strstr(msg, "cut.jpg:") && strstr(msg, "JPEG")))
+                fprintf(stderr, "  cut %zu: %s", cut, msg);
         }
         free(jpg);
     }
@@ -589,7 +626,7 @@ TEST(image_decode_bad_arguments) {
 }
 
 /* A Huffman table that declares more than 256 codes makes the stb_image we link write past its tables; the
- * decoder must refuse it first (vision/jpeg_check.c). Crafted here from a valid flat JPEG, and the fuzzer's
+ * decoder must refuse it first (vision/image_check.c). Crafted here from a valid flat JPEG, and the fuzzer's
  * regression file. */
 TEST(image_decode_rejects_oversized_huffman_table) {
     const int grey[1] = {90};

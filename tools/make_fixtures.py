@@ -196,6 +196,11 @@ def write_images(img_dir):
     # Plain baseline JPEG, 4:2:0 chroma, no metadata: what stb_image must decode within a tolerance.
     make_pattern(60, 45, 14).save(os.path.join(img_dir, "photo_60x45.jpg"), quality=90, optimize=False,
                                   progressive=False)
+    # The same picture as a progressive JPEG with a restart marker after every block: ten scans, Huffman tables
+    # between them, RSTn inside the entropy-coded data, all of which the pre-decode marker walk must step over. Same
+    # quantized coefficients, so PIL decodes it to exactly the baseline file's pixels and so must we.
+    make_pattern(60, 45, 14).save(os.path.join(img_dir, "photo_60x45_progressive.jpg"), quality=90, optimize=False,
+                                  progressive=True, restart_marker_blocks=1)
 
 
 def load_rgb(path):

@@ -34,13 +34,14 @@ enum vlm_status img_load(const char *path, struct vlm_image *out);
 enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *name, struct vlm_image *out);
 void img_free(struct vlm_image *img); /* frees rgb, zeroes the struct; NULL ok */
 
-/* vision/jpeg_check.c: 1 when every Huffman table (DHT segment) of the JPEG in buf[0..len) is one stb_image can
- * build without writing out of bounds (at most 256 codes, values inside the segment), else 0 with the reason in
- * why[0..cap). img_decode_memory calls it before stb_image sees a JPEG. */
-int img_jpeg_tables_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
-/* Rejects PNG chunk patterns the system stb_image mishandles (an empty IDAT, a chunk declaring more bytes than the
- * file holds); why gets the reason. */
-int img_png_chunks_ok(const uint8_t *buf, size_t len, char *why, size_t cap);
+/* vision/image_check.c: one walk over a JPEG's markers / a PNG's chunks in buf[0..len) (the caller has checked the
+ * signature). 1 with *w, *h set from the first frame header / IHDR when the file is one our stb_image copy can
+ * decode safely; else 0 with a one-line reason in why[0..cap), starting with "corrupt" or "truncated" and the
+ * format. JPEG: every Huffman table holds at most 256 codes inside its segment, every scan uses defined tables, a
+ * frame header precedes the first scan, an end-of-image marker follows it, no segment runs past the end. PNG:
+ * IHDR first, no empty IDAT, no chunk declaring more bytes than the file holds. */
+int img_jpeg_walk(const uint8_t *buf, size_t len, int64_t *w, int64_t *h, char *why, size_t cap);
+int img_png_walk(const uint8_t *buf, size_t len, int64_t *w, int64_t *h, char *why, size_t cap);
 
 /* PIL Image.resize(..., BICUBIC) on uint8 data with c interleaved channels, bit-exact.
  * src (sh, sw, c) -> dst (dh, dw, c). Returns VLM_ERR_OOM when scratch cannot be allocated. */

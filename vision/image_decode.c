@@ -4,8 +4,9 @@
  * - Only PNG and JPEG reach the decoder: the magic bytes are checked here first, and stb_image is compiled with
  *   STBI_ONLY_PNG + STBI_ONLY_JPEG, STB_IMAGE_STATIC (a private copy: nobody else can flip its globals) and no
  *   stdio (we read the file ourselves, capped at IMG_MAX_FILE_BYTES).
- * - JPEG Huffman tables are validated first (vision/jpeg_check.c): the stb_image we link overflows on tables
- *   with more than 256 codes.
+ * - One walk over the JPEG markers or PNG chunks comes first (vision/image_check.c): it reads the declared size
+ *   and rejects what the stb_image we link mishandles (JPEG Huffman tables with more than 256 codes, undefined
+ *   tables, a missing end-of-image marker; PNG chunks that are empty or run past the end of the file).
  * - The pixel budget is enforced from the header BEFORE any pixel is decoded: we read width and height from
  *   the PNG IHDR / JPEG SOF ourselves (so the message can quote them even above stb's own per-side limit), then
  *   stbi_info_from_memory must agree, then we decode.
@@ -72,59 +73,6 @@ static const char *other_format_name(const uint8_t *b, size_t len) {
     return NULL;
 }
 
-/* PNG: the first chunk must be IHDR (length 13); width and height are its first two big-endian u32.
- * Returns false when the header is malformed (stb would reject it as well). */
-static bool png_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *h) {
-    if (len < 8 + 8 + 13) return false;
-    if (img_rd_be32(b + 8) != 13 || memcmp(b + 12, "IHDR", 4) != 0) return false;
-    *w = img_rd_be32(b + 16);
-    *h = img_rd_be32(b + 20);
-    return true;
-}
-
-/* JPEG: walks the marker segments up to the first frame header (SOF0..SOF15 other than DHT C4, JPG C8 and DAC CC)
- * and reads its height and width. *has_eoi tells whether an end-of-image marker follows the first scan: stb
- * decodes a truncated JPEG "successfully" (the missing part comes out grey) where PIL raises, so a missing EOI is
- * our truncation test. In entropy-coded data 0xFF is always followed by 0x00 or a restart marker, so the first
- * FF D9 after the first SOS is the real EOI. Returns false when no frame header is found. */
-static bool jpeg_header_dims(const uint8_t *b, size_t len, int64_t *w, int64_t *h, bool *has_eoi) {
-    size_t off = 2;
-    bool have_frame = false;
-    *has_eoi = false;
-    while (off < len) {
-        if (b[off] != 0xFF) { /* padding between segments: stb and libjpeg skip it too */
-            off++;
-            continue;
-        }
-        while (off < len && b[off] == 0xFF) off++; /* fill bytes */
-        if (off >= len) return false;
-        uint8_t m = b[off++];
-        if (m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue; /* standalone markers */
-        if (m == 0xD9) return false;                         /* EOI before any scan */
-        if (off + 2 > len) return false;
-        uint32_t seg = img_rd_be16(b + off);
-        if (seg < 2 || seg > len - off) return false;
-        if (m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC && !have_frame) {
-            if (seg < 7) return false;
-            *h = img_rd_be16(b + off + 3);
-            *w = img_rd_be16(b + off + 5);
-            have_frame = true;
-        }
-        if (m == 0xDA) { /* start of scan: the rest is entropy-coded data; look for EOI after it */
-            if (!have_frame) return false;
-            for (size_t i = off + seg; i + 1 < len; i++) {
-                if (b[i] == 0xFF && b[i + 1] == 0xD9) {
-                    *has_eoi = true;
-                    break;
-                }
-            }
-            return true;
-        }
-        off += seg;
-    }
-    return false;
-}
-
 /* ---------------------------------------------------------------------------------------------------------
  * Alpha compositing over white */
 
@@ -158,31 +106,17 @@ enum vlm_status img_decode_memory(const uint8_t *buf, size_t len, const char *na
 
     enum img_kind kind;
     int64_t hw = 0, hh = 0;
+    char bad[192]; /* the walkers' one-line reason */
     if (len >= 8 && memcmp(buf, png_signature, 8) == 0) {
         kind = IMG_KIND_PNG;
-        if (!png_header_dims(buf, len, &hw, &hh)) {
-            vlm_log_error("%s: corrupt PNG: no IHDR chunk at the start", name);
-            goto fail;
-        }
-        char why[160];
-        if (!img_png_chunks_ok(buf, len, why, sizeof why)) {
-            vlm_log_error("%s: corrupt PNG: %s", name, why);
+        if (!img_png_walk(buf, len, &hw, &hh, bad, sizeof bad)) {
+            vlm_log_error("%s: %s", name, bad);
             goto fail;
         }
     } else if (len >= 3 && buf[0] == 0xFF && buf[1] == 0xD8 && buf[2] == 0xFF) {
         kind = IMG_KIND_JPEG;
-        bool has_eoi;
-        if (!jpeg_header_dims(buf, len, &hw, &hh, &has_eoi)) {
-            vlm_log_error("%s: corrupt or truncated JPEG: no frame header followed by image data", name);
-            goto fail;
-        }
-        if (!has_eoi) {
-            vlm_log_error("%s: truncated JPEG: no end-of-image marker after the image data", name);
-            goto fail;
-        }
-        char why[160];
-        if (!img_jpeg_tables_ok(buf, len, why, sizeof why)) { /* Debian's stb overflows on these (jpeg_check.c) */
-            vlm_log_error("%s: corrupt JPEG: %s", name, why);
+        if (!img_jpeg_walk(buf, len, &hw, &hh, bad, sizeof bad)) { /* Debian's stb overflows on bad tables */
+            vlm_log_error("%s: %s", name, bad);
             goto fail;
         }
     } else {
