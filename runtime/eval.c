@@ -578,30 +578,19 @@ static void add_stats(struct vqa_stats *to, const struct vqa_stats *x) {
     to->n_pos += x->n_pos, to->n_agree += x->n_agree, to->sum_kl += x->sum_kl;
 }
 
-/* --answers: the file being written (tmp, renamed to path by answers_close when every item is in it). */
+/* --answers: the file being written (tmp, published onto path by answers_close when every item is in it). */
 struct answers_out {
     const char *path;
     char *tmp;
-    FILE *f;
+    int fd;
+    size_t off;
 };
 
 static bool answers_open(struct answers_out *a, const char *path) {
     a->path = path;
-    const size_t n = strlen(path) + 32;
-    a->tmp = malloc(n);
-    if (!a->tmp) {
-        vlm_log_error("%s: out of memory for the temp file name", path);
-        return false;
-    }
-    snprintf(a->tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    a->f = fopen(a->tmp, "w");
-    if (!a->f) {
-        vlm_log_error("%s: cannot write: %s", path, strerror(errno));
-        free(a->tmp);
-        a->tmp = NULL;
-        return false;
-    }
-    return true;
+    a->off = 0;
+    a->fd = vlm_file_tmp_open(path, &a->tmp);
+    return a->fd >= 0;
 }
 
 /* One item's line; got/ref_got are the trimmed answers [b, e) of their strings (ref_got NULL without --ref). */
@@ -618,9 +607,15 @@ static bool answers_put(struct answers_out *a, const struct vqa_item *it, const 
                  (cJSON_AddStringToObject(o, "ref_got", rg) && cJSON_AddBoolToObject(o, "ref_ok", ref_ok)));
     char *line = good ? cJSON_PrintUnformatted(o) : NULL;
     bool written = false;
-    if (!line) vlm_log_error("%s: out of memory for line %lld's answer", a->path, (long long)it->line);
-    else if (fprintf(a->f, "%s\n", line) < 0) vlm_log_error("%s: write failed: %s", a->path, strerror(errno));
-    else written = true;
+    if (!line) {
+        vlm_log_error("%s: out of memory for line %lld's answer", a->path, (long long)it->line);
+    } else {
+        const size_t n = strlen(line) + 1;
+        line[n - 1] = '\n'; /* in place of cJSON's NUL: the line and its newline in one write */
+        written = vlm_file_pwrite_all(a->fd, line, n, a->off);
+        if (!written) vlm_log_error("%s: write failed: %s", a->path, strerror(errno));
+        a->off += n;
+    }
     free(line);
     free(g);
     free(rg);
@@ -628,20 +623,16 @@ static bool answers_put(struct answers_out *a, const struct vqa_item *it, const 
     return written;
 }
 
-/* keep: rename the complete file into place; else (or when that fails) remove the temp file. */
+/* keep: publish the complete file (fsync, rename); else (or when that fails) remove the temp file. */
 static bool answers_close(struct answers_out *a, bool keep) {
-    if (!a->f) return true;
-    bool ok = fclose(a->f) == 0;
-    a->f = NULL;
-    if (keep && !ok) vlm_log_error("%s: write failed: %s", a->path, strerror(errno));
-    if (keep && ok && rename(a->tmp, a->path) != 0) {
-        vlm_log_error("%s: cannot rename the finished temp file into place: %s", a->path, strerror(errno));
-        ok = false;
-    }
-    if (!keep || !ok) unlink(a->tmp);
+    if (a->fd < 0) return true;
+    bool ok = keep && vlm_file_tmp_publish(a->fd, a->tmp, a->path) == VLM_OK;
+    if (!keep) close(a->fd);
+    a->fd = -1;
+    if (!ok) unlink(a->tmp);
     free(a->tmp);
     a->tmp = NULL;
-    return ok;
+    return ok || !keep;
 }
 
 /* VQA mode, after argument parsing (ref_path, answers_path may be NULL). Returns the exit status. */
@@ -654,7 +645,7 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
     struct vlm_str ans_mod = {0}, ans_ref = {0};
     int64_t *gen_mod = NULL, *gen_ref = NULL;
     struct vlm_text_out *text_out = NULL;
-    struct answers_out answers = {0};
+    struct answers_out answers = {.fd = -1}; /* fd -1: no --answers file open */
     const bool with_ref = ref_path != NULL;
 
     /* cheap input checks first: every line parses and names an existing image before a model loads */
@@ -738,7 +729,7 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
                 row->n_pos += n_mod;
             }
         }
-        if (ok && answers.f)
+        if (ok && answers.fd >= 0)
             ok = answers_put(&answers, it, set.types[it->type].name, &ans_mod, bm, em, right,
                              with_ref ? &ans_ref : NULL, br, er, ref_right);
         free(ids_mod);

@@ -659,27 +659,6 @@ void mbq_writer_abort(struct mbq_writer *w) {
     if (w) writer_free(w);
 }
 
-/* pwrite of all n bytes at off, retrying short writes and EINTR. false with errno set. */
-static bool pwrite_all(int fd, const void *buf, size_t n, size_t off) {
-    const unsigned char *p = buf;
-    while (n > 0) {
-        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
-        ssize_t k = pwrite(fd, p, chunk, (off_t)off);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            return false;
-        }
-        if (k == 0) {
-            errno = EIO;
-            return false;
-        }
-        p += k;
-        off += (size_t)k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
 /* Builds the header object: "format" and "version" first, meta's other keys in meta's order, "tensors" last, so
  * equal inputs print equal bytes. NULL on OOM. */
 static cJSON *build_header(const cJSON *meta, const struct mbq_tensor_decl *decls, int64_t n, const size_t *sizes) {
@@ -799,36 +778,20 @@ enum vlm_status mbq_writer_open(const char *path, const cJSON *meta, const struc
         vlm_log_error("%s: file size overflows", path);
         goto fail;
     }
-    size_t plen = strlen(path);
-    if (!(w->path = strdup(path)) || !(w->tmp = malloc(plen + sizeof ".tmp.XXXXXX")) ||
-        !(w->done = calloc(n_decls ? (size_t)n_decls : 1, sizeof *w->done)) ||
+    if (!(w->path = strdup(path)) || !(w->done = calloc(n_decls ? (size_t)n_decls : 1, sizeof *w->done)) ||
         !(head = calloc(1, w->data_offset))) {
         vlm_log_error("%s: out of memory", path);
         goto fail;
     }
-    memcpy(w->tmp, path, plen);
-    memcpy(w->tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-
     st = VLM_ERR_IO;
-    w->fd = mkostemp(w->tmp, O_CLOEXEC); /* same directory as path, so the final rename cannot cross devices */
-    if (w->fd < 0) {
-        vlm_log_error("%s: cannot create the temporary file %s: %s", path, w->tmp, strerror(errno));
-        free(w->tmp);
-        w->tmp = NULL; /* nothing to remove */
-        goto fail;
-    }
-    /* mkstemp makes 0600; a model file is meant to be shared like any checkpoint */
-    if (fchmod(w->fd, 0644) != 0) {
-        vlm_log_error("%s: cannot set the mode of %s: %s", path, w->tmp, strerror(errno));
-        goto fail;
-    }
+    if ((w->fd = vlm_file_tmp_open(path, &w->tmp)) < 0) goto fail; /* w->tmp stays NULL: nothing to remove */
     memcpy(head, VLM_MBQ_MAGIC, 8);
     wr_u32(head + 8, VLM_MBQ_VERSION);
     wr_u32(head + 12, MBQ_ENDIAN_MARK);
     wr_u64(head + 16, hb);
     wr_u64(head + 24, w->data_offset);
     memcpy(head + MBQ_PREAMBLE, text, hb); /* the rest of head is the zero padding up to data_offset */
-    if (!pwrite_all(w->fd, head, w->data_offset, 0)) {
+    if (!vlm_file_pwrite_all(w->fd, head, w->data_offset, 0)) {
         vlm_log_error("%s: writing the header to %s failed: %s", path, w->tmp, strerror(errno));
         goto fail;
     }
@@ -876,7 +839,7 @@ static enum vlm_status write_tensor(struct mbq_writer *w, int64_t i, const void 
                           data ? size : 0, pos, t->size);
         return VLM_ERR_ARG;
     }
-    if (!pwrite_all(w->fd, data, size, w->data_offset + w->tb.off[i] + pos)) {
+    if (!vlm_file_pwrite_all(w->fd, data, size, w->data_offset + w->tb.off[i] + pos)) {
         vlm_log_error("%s: writing %s to %s failed: %s", w->path, desc, w->tmp, strerror(errno));
         w->failed = true;
         return VLM_ERR_IO;
@@ -891,27 +854,6 @@ enum vlm_status mbq_writer_write(struct mbq_writer *w, int64_t i, const void *da
 
 enum vlm_status mbq_writer_write_part(struct mbq_writer *w, int64_t i, const void *data, size_t size) {
     return write_tensor(w, i, data, size, false);
-}
-
-/* fsyncs the directory holding path, so the rename itself is durable. */
-static bool fsync_parent(const char *path) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, sizeof dir, ".");
-    else if (slash == path) snprintf(dir, sizeof dir, "/");
-    else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    else {
-        errno = ENAMETOOLONG;
-        return false;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) return false;
-    /* EINVAL: the filesystem cannot sync directories; there is nothing more to do for durability */
-    bool ok = fsync(dfd) == 0 || errno == EINVAL;
-    int saved = errno;
-    close(dfd);
-    errno = saved;
-    return ok;
 }
 
 enum vlm_status mbq_writer_finish(struct mbq_writer *w) {
@@ -932,28 +874,11 @@ enum vlm_status mbq_writer_finish(struct mbq_writer *w) {
             goto fail;
         }
     }
-    if (fsync(w->fd) != 0) {
-        vlm_log_error("%s: fsync of %s failed: %s", w->path, w->tmp, strerror(errno));
-        goto fail;
-    }
     int fd = w->fd;
-    w->fd = -1;
-    if (close(fd) != 0) {
-        vlm_log_error("%s: closing %s failed: %s", w->path, w->tmp, strerror(errno));
-        goto fail;
-    }
-    if (rename(w->tmp, w->path) != 0) {
-        vlm_log_error("%s: cannot rename %s onto it: %s", w->path, w->tmp, strerror(errno));
-        goto fail;
-    }
+    w->fd = -1; /* closed by vlm_file_tmp_publish whatever happens */
+    if ((st = vlm_file_tmp_publish(fd, w->tmp, w->path)) != VLM_OK) goto fail;
     free(w->tmp);
     w->tmp = NULL;
-    if (!fsync_parent(w->path)) {
-        /* The file is complete and its data are on disk; only the directory entry's durability across a crash is
-         * unknown. Removing it now would destroy both the new and the (already replaced) old file, so keep it. */
-        vlm_log_info("warning: %s: fsync of its directory failed (%s); the file is complete but a crash now could "
-                     "lose the rename", w->path, strerror(errno));
-    }
     writer_free(w);
     return VLM_OK;
 fail:

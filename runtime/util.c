@@ -6,7 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <time.h>
 
 const char *vlm_status_str(enum vlm_status s) {
@@ -154,6 +156,95 @@ fail:
     free(buf);
     fclose(f);
     return st;
+}
+
+int vlm_file_tmp_open(const char *path, char **tmp) {
+    const size_t plen = strlen(path);
+    *tmp = malloc(plen + sizeof ".tmp.XXXXXX");
+    if (!*tmp) {
+        vlm_log_error("%s: out of memory for the temporary file's name", path);
+        return -1;
+    }
+    memcpy(*tmp, path, plen);
+    memcpy(*tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
+    int fd = mkostemp(*tmp, O_CLOEXEC);
+    if (fd < 0) {
+        vlm_log_error("%s: cannot create the temporary file %s: %s", path, *tmp, strerror(errno));
+    } else if (fchmod(fd, 0644) != 0) { /* mkstemp makes 0600; outputs are meant to be shared */
+        vlm_log_error("%s: cannot set the mode of %s: %s", path, *tmp, strerror(errno));
+        close(fd);
+        unlink(*tmp);
+        fd = -1;
+    }
+    if (fd < 0) {
+        free(*tmp);
+        *tmp = NULL;
+    }
+    return fd;
+}
+
+/* fsyncs the directory holding path, so a rename into it is durable. */
+static bool fsync_parent(const char *path) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else {
+        errno = ENAMETOOLONG;
+        return false;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return false;
+    /* EINVAL: the filesystem cannot sync directories; there is nothing more to do for durability */
+    bool ok = fsync(dfd) == 0 || errno == EINVAL;
+    int saved = errno;
+    close(dfd);
+    errno = saved;
+    return ok;
+}
+
+enum vlm_status vlm_file_tmp_publish(int fd, const char *tmp, const char *path) {
+    if (fsync(fd) != 0) {
+        vlm_log_error("%s: fsync of %s failed: %s", path, tmp, strerror(errno));
+        close(fd);
+        return VLM_ERR_IO;
+    }
+    if (close(fd) != 0) {
+        vlm_log_error("%s: closing %s failed: %s", path, tmp, strerror(errno));
+        return VLM_ERR_IO;
+    }
+    if (rename(tmp, path) != 0) {
+        vlm_log_error("%s: cannot rename %s onto it: %s", path, tmp, strerror(errno));
+        return VLM_ERR_IO;
+    }
+    if (!fsync_parent(path)) {
+        /* The file is complete and its data are on disk; only the directory entry's durability across a crash is
+         * unknown. Removing it now would destroy both the new and the (already replaced) old file, so keep it. */
+        vlm_log_info("warning: %s: fsync of its directory failed (%s); the file is complete but a crash now could "
+                     "lose the rename", path, strerror(errno));
+    }
+    return VLM_OK;
+}
+
+bool vlm_file_pwrite_all(int fd, const void *buf, size_t n, size_t off) {
+    const unsigned char *p = buf;
+    while (n > 0) {
+        size_t chunk = n < ((size_t)1 << 30) ? n : ((size_t)1 << 30);
+        ssize_t k = pwrite(fd, p, chunk, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        if (k == 0) {
+            errno = EIO;
+            return false;
+        }
+        p += k;
+        off += (size_t)k;
+        n -= (size_t)k;
+    }
+    return true;
 }
 
 bool vlm_path_join(char *buf, size_t cap, const char *dir, const char *name) {

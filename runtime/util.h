@@ -66,6 +66,18 @@ void vlm_str_free(struct vlm_str *b);
  * VLM_ERR_FORMAT if larger than max_bytes. On success *out_buf is malloc'd (caller frees), *out_len set. */
 enum vlm_status vlm_file_read_all(const char *path, size_t max_bytes, char **out_buf, size_t *out_len);
 
+/* Output files appear whole or not at all. vlm_file_tmp_open creates "<path>.tmp.XXXXXX" beside path (the same
+ * directory, so the final rename cannot cross devices; mkstemp: never an existing file or a symlink), mode 0644 like
+ * any output, and returns its fd with *tmp malloc'd; -1 with one error line naming path. */
+int vlm_file_tmp_open(const char *path, char **tmp);
+/* Publishes a finished temp file: fsync(fd), close(fd), rename(tmp, path), then fsync of path's directory so the
+ * rename survives a crash (a failure there is only a warning: the data are on disk and the old file is already
+ * replaced). fd is closed in every case. VLM_ERR_IO with one error line naming path; tmp is then still there for
+ * the caller to remove. */
+enum vlm_status vlm_file_tmp_publish(int fd, const char *tmp, const char *path);
+/* pwrite of all n bytes at offset off, retrying short writes and EINTR; false with errno set. */
+bool vlm_file_pwrite_all(int fd, const void *buf, size_t n, size_t off);
+
 /* Joins dir and name with one '/', into buf of size cap. false if it does not fit. */
 bool vlm_path_join(char *buf, size_t cap, const char *dir, const char *name);
 

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "kernels/quant.h"
 #include "runtime/mbq_file.h"
@@ -997,6 +998,29 @@ TEST(mbq_writer_rejects_bad_declarations) {
     cJSON_Delete(meta);
     expect_writer_reject(NULL, k_two, -1, VLM_ERR_ARG, "invalid arguments");
     expect_writer_reject(NULL, NULL, 2, VLM_ERR_ARG, "invalid arguments");
+}
+
+/* The publishing step itself failing (runtime/util.c's vlm_file_tmp_publish): the destination is a directory, so
+ * the final rename is refused. One error line naming it, the directory untouched, no temp file left. */
+TEST(mbq_writer_rename_fails) {
+    const char *dir = test_tmpdir();
+    char path[700], err[1024];
+    snprintf(path, sizeof path, "%s/model.mbq", dir);
+    if (!CHECK_EQ(mkdir(path, 0755), 0)) return;
+    init_data();
+    struct mbq_writer *w = NULL;
+    if (CHECK(mbq_writer_open(path, NULL, k_two, 2, &w) == VLM_OK)) {
+        CHECK_EQ(mbq_writer_write(w, 0, g_data, 16), VLM_OK);
+        CHECK_EQ(mbq_writer_write(w, 1, g_data + 64, 3), VLM_OK);
+        test_capture_begin();
+        CHECK_EQ(mbq_writer_finish(w), VLM_ERR_IO);
+        test_capture_end(err, sizeof err);
+        CHECK_ERROR_LINE(err, path, "cannot rename");
+    }
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && S_ISDIR(sb.st_mode));
+    CHECK_EQ(dir_entries(dir), 1); /* the directory only */
+    CHECK_EQ(rmdir(path), 0);
 }
 
 TEST(mbq_writer_keeps_existing_file) {
