@@ -1,4 +1,4 @@
-/* main.c — the vlmrun CLI: vlmrun [--model PATH] IMAGE PROMPT (default model: $VLM_MODEL, else the bundled demo).
+/* main.c — the vlmrun CLI: vlmrun [--model PATH] IMAGE [PROMPT] (default model: $VLM_MODEL, else the bundled demo).
  *
  * Runs one image + prompt through the float32 reference model and streams the generated text to stdout.
  * Text mode (the model directory, or --tokenizer, has a tokenizer.json or tokenizer.model): PROMPT is the user's
@@ -6,6 +6,7 @@
  * expanded to the image's token count, and the generated tokens are decoded and streamed as text.
  * Id mode (no tokenizer, or --ids): PROMPT is a list of token ids (spaces or commas between them) in which
  * "<image>" or the model's image token id marks the image; stdout then carries the generated ids.
+ * Without PROMPT (text mode): a chat, one question per stdin line, earlier turns kept (chat_loop).
  * Logs and timings go to stderr. Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage error. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,6 +27,7 @@
 #include "runtime/util.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 #include "vision/image.h"
 
 #define MAX_PROMPT_IDS 65536
@@ -37,7 +39,7 @@
 #endif
 
 static void usage(FILE *f) {
-    fputs("usage: vlmrun [--model PATH] [options] IMAGE PROMPT\n"
+    fputs("usage: vlmrun [--model PATH] [options] IMAGE [PROMPT]\n"
           "  --model PATH    a .mbq file written by vlmconvert (quantized or not; carries its tokenizer), or a\n"
           "                  Hugging Face LLaVA-OneVision checkpoint directory (config.json,\n"
           "                  preprocessor_config.json, model.safetensors or sharded with an index)\n"
@@ -67,7 +69,10 @@ static void usage(FILE *f) {
           "text: special-token strings in it (\"<|im_end|>\", \"<image>\") are not turned into special tokens.\n"
           "Without a tokenizer (or with --ids), PROMPT is a list of token ids separated by spaces or commas;\n"
           "\"<image>\" (or the model's image token id) marks where the image goes, and without a marker the\n"
-          "image goes first. Generated token ids are then printed to stdout as they are produced.\n",
+          "image goes first. Generated token ids are then printed to stdout as they are produced.\n"
+          "Without PROMPT (text mode only): a chat about IMAGE. Questions are read from stdin, one per line,\n"
+          "and each answer is printed on its own line; earlier questions and answers stay in the chat. The\n"
+          "whole chat is prefilled again for each question. End with end-of-file (Ctrl-D).\n",
           f);
 }
 
@@ -186,6 +191,135 @@ static int print_text(int64_t id, void *user) {
     return 0;
 }
 
+/* The user's text must be UTF-8: the tokenizer would quietly replace bad bytes by U+FFFD, as the reference does,
+ * and answer a question nobody asked. false with one error line naming what (and the byte) otherwise. */
+static bool text_is_utf8(const char *what, const char *s) {
+    const size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t len;
+        if (uni_utf8_scan((const unsigned char *)s + i, n - i, &cp, &len) != UNI_SCAN_OK) {
+            vlm_log_error("%s: invalid UTF-8 at byte %zu", what, i);
+            return false;
+        }
+        i += len;
+    }
+    return true;
+}
+
+/* What every text turn needs: the model, its tokenizer and template, the encoded image, the generation limits. */
+struct text_ctx {
+    const struct vlm_model *m;
+    const struct vlm_tokenizer *tok;
+    enum chat_template tmpl;
+    const char *system;
+    const struct img_layout *lay;
+    const float *feats;
+    int64_t max_new;
+    const int64_t *stop;
+    int n_stop;
+    int64_t *gen; /* max_new generated tokens */
+};
+
+/* One answer: renders the chat msgs[0..n_msgs) (the image in the first message), embeds it, generates greedily and
+ * streams the text to stdout, newline-terminated. c->gen receives the tokens, *n_gen their count, *n_prompt the
+ * prompt length, *gs the timings. Each call prefills the whole chat into a fresh cache. */
+static enum vlm_status text_turn(const struct text_ctx *c, const struct chat_msg *msgs, int n_msgs, int64_t *n_gen,
+                                 int64_t *n_prompt, struct vlm_gen_stats *gs) {
+    int64_t *full = NULL;
+    float *emb = NULL;
+    size_t n = 0;
+    struct vlm_text_out *out = NULL;
+    enum vlm_status st = chat_render(c->tok, c->tmpl, c->system, msgs, n_msgs, &c->lay->n_image_tokens, 1, true,
+                                     &full, &n);
+    if (st != VLM_OK) goto done;
+    *n_prompt = (int64_t)n;
+    st = VLM_ERR_OOM;
+    emb = vlm_alloc_array(n, (size_t)c->m->config.text.hidden_size * sizeof(float), "prompt embeddings");
+    out = vlm_alloc_array(1, sizeof *out, "text output");
+    if (!emb || !out) goto done;
+    vlm_text_out_init(out, c->tok, true);
+    if ((st = vlm_prompt_embed(c->m, full, (int64_t)n, c->feats, c->lay->n_image_tokens, emb)) != VLM_OK) goto done;
+    st = vlm_generate_greedy(c->m, emb, (int64_t)n, c->max_new, c->stop, c->n_stop, c->gen, n_gen, NULL, print_text,
+                             out, gs);
+    if (st != VLM_OK) goto done;
+    int64_t k = vlm_text_out_flush(out);
+    if (k > 0) fwrite(out->buf, 1, (size_t)k, stdout);
+    printf("\n");
+    fflush(stdout);
+done:
+    free(out);
+    free(emb);
+    free(full);
+    return st;
+}
+
+/* Interactive mode (IMAGE without PROMPT): one question per stdin line, each answered after the earlier questions
+ * and answers, which stay in the chat as user and assistant turns (the first user turn carries the image, encoded
+ * once). Blank lines are skipped; a question that fails (e.g. invalid UTF-8) gets its one error line and is dropped
+ * from the chat. Returns 0 at end of input, 1 when any question failed. */
+static int chat_loop(const struct text_ctx *c) {
+    struct chat_msg *msgs = NULL;
+    int n_msgs = 0, cap = 0, rc = 0;
+    char *line = NULL;
+    size_t line_cap = 0;
+    const bool tty = isatty(STDIN_FILENO);
+    long long n_lines = 0;
+    for (;;) {
+        if (tty) fputs("> ", stderr);
+        ssize_t len = getline(&line, &line_cap, stdin);
+        if (len < 0) break;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        n_lines++;
+        if (len == 0) continue;
+        char what[64];
+        snprintf(what, sizeof what, "<stdin> line %lld", n_lines);
+        if (!text_is_utf8(what, line)) {
+            rc = 1;
+            continue;
+        }
+        if (n_msgs + 2 > cap) { /* room for this question and its answer */
+            int ncap = cap ? 2 * cap : 16;
+            struct chat_msg *nm = n_msgs + 2 <= ncap && ncap < (1 << 20) ? realloc(msgs, (size_t)ncap * sizeof *nm)
+                                                                           : NULL;
+            if (!nm) {
+                vlm_log_error("out of memory for the chat history (%d turns)", n_msgs);
+                rc = 1;
+                break;
+            }
+            msgs = nm, cap = ncap;
+        }
+        char *q = strdup(line), *answer = NULL;
+        if (!q) {
+            vlm_log_error("out of memory for a question");
+            rc = 1;
+            break;
+        }
+        msgs[n_msgs] = (struct chat_msg){.role = "user", .text = q, .n_images = n_msgs == 0};
+        int64_t n_gen = 0, n_prompt = 0;
+        struct vlm_gen_stats gs;
+        size_t n_answer;
+        if (text_turn(c, msgs, n_msgs + 1, &n_gen, &n_prompt, &gs) != VLM_OK ||
+            tok_decode(c->tok, c->gen, (size_t)n_gen, true, &answer, &n_answer) != VLM_OK) {
+            free(q); /* said why in one line; the chat goes on without this question */
+            rc = 1;
+            continue;
+        }
+        msgs[n_msgs + 1] = (struct chat_msg){.role = "assistant", .text = answer};
+        n_msgs += 2;
+        vlm_log_info("turn %d: prompt %lld tokens, prefill %.1f ms, %lld tokens decoded in %.1f ms", n_msgs / 2,
+                     (long long)n_prompt, gs.prefill_ms, (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms);
+    }
+    if (ferror(stdin)) {
+        vlm_log_error("<stdin>: read failed: %s", strerror(errno));
+        rc = 1;
+    }
+    for (int i = 0; i < n_msgs; i++) free((char *)msgs[i].text);
+    free(msgs);
+    free(line);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *image_path = NULL, *prompt = NULL, *tok_path = NULL, *system = NULL;
     long long max_new = 32;
@@ -256,7 +390,7 @@ int main(int argc, char **argv) {
     if (!model_dir) { /* the bundled demo model (or $VLM_MODEL), so a first run needs no download and no flag */
         const char *env = getenv("VLM_MODEL");
         model_dir = env && *env ? env : VLM_DEFAULT_MODEL;
-        if ((info || (image_path && prompt)) && access(model_dir, R_OK) != 0) {
+        if ((info || image_path) && access(model_dir, R_OK) != 0) {
             fprintf(stderr, "vlmrun: error: %s: no --model given and the default model %s is not readable (%s); "
                             "pass --model PATH or set VLM_MODEL\n",
                     model_dir, env && *env ? "from VLM_MODEL" : "(the bundled demo)", strerror(errno));
@@ -264,7 +398,7 @@ int main(int argc, char **argv) {
         }
     }
     if (info) return print_info(model_dir);
-    if (!image_path || !prompt) {
+    if (!image_path || (!prompt && ids_mode)) {
         usage(stderr);
         return 2;
     }
@@ -276,15 +410,17 @@ int main(int argc, char **argv) {
     int rc = 1;
     struct vlm_model *m = NULL;
     struct vlm_tokenizer *tok = NULL;
-    struct vlm_text_out *text_out = NULL;
     struct vlm_image img = {0};
     int64_t *ids = NULL, *full = NULL, *gen = NULL, *stop = NULL;
     float *feats = NULL, *emb = NULL;
     int n_stop = 0;
 
     /* Cheap input checks first, so a bad image, tokenizer or prompt fails before a long model load. */
+    if ((prompt && !text_is_utf8("PROMPT", prompt)) || (system && !text_is_utf8("--system", system))) goto done;
     if (img_load(image_path, &img) != VLM_OK) goto done;
     if (!ids_mode && vlm_tokenizer_find(model_dir, NULL, tok_path, &tok) != VLM_OK) goto done;
+    struct stat sb; /* a checkpoint directory without a tokenizer cannot chat: say so before the long load */
+    if (!tok && !prompt && stat(model_dir, &sb) == 0 && S_ISDIR(sb.st_mode)) goto no_tokenizer;
     int n_dev = 0;
     const bool have_gpu = device != 0 && cuda_backend_probe(&n_dev) == VLM_OK && n_dev > 0;
     if (device == 1 && !have_gpu) { /* before a long model load */
@@ -296,6 +432,7 @@ int main(int argc, char **argv) {
     if (vlm_model_load(model_dir, &m) != VLM_OK) goto done;
     /* a .mbq carries its tokenizer: look again now that the model is open */
     if (!ids_mode && !tok && vlm_tokenizer_find(model_dir, m, tok_path, &tok) != VLM_OK) goto done;
+    if (!tok && !prompt) goto no_tokenizer;
     if (!ignore_eos && vlm_model_read_stop_ids(m, tok, &stop, &n_stop) != VLM_OK) goto done;
     if (have_gpu) { /* the GPU when asked, or by default when there is one */
         const int64_t max_pos = m->config.text.max_position_embeddings;
@@ -329,41 +466,36 @@ int main(int argc, char **argv) {
     vlm_log_info("image %lld x %lld (w x h): %lld crops, %lld image tokens, vision encode %.1f ms",
                  (long long)img.width, (long long)img.height, (long long)lay.n_crops, (long long)lay.n_image_tokens,
                  t1 - t0);
-    int64_t n_full;
+    int64_t n_full = 0, n_gen = 0;
+    struct vlm_gen_stats gs;
+    gen = vlm_alloc_array(max_new ? (size_t)max_new : 1, sizeof(int64_t), "generated tokens");
+    if (!gen) goto done;
     if (tok) { /* the user's text after the image, in the chat template; the placeholder expanded by chat_render */
         const enum chat_template t = tmpl >= 0 ? (enum chat_template)tmpl
                                      : tok_get_kind(tok) == TOK_KIND_SPM ? CHAT_VICUNA_V1 : CHAT_CHATML_QWEN;
-        const struct chat_msg msg = {.role = "user", .text = prompt, .n_images = 1};
-        size_t n_rendered;
-        if (chat_render(tok, t, system, &msg, 1, &lay.n_image_tokens, 1, true, &full, &n_rendered) != VLM_OK)
-            goto done;
-        n_full = (int64_t)n_rendered;
         static const char *const tmpl_names[] = {"chatml", "chatml-hf", "vicuna"};
-        vlm_log_info("tokenizer %s (%lld ids), template %s: prompt %lld tokens",
+        vlm_log_info("tokenizer %s (%lld ids), template %s",
                      tok_get_kind(tok) == TOK_KIND_SPM ? "SentencePiece" : "byte-level BPE",
-                     (long long)tok_vocab_size(tok), tmpl_names[t], (long long)n_full);
-        text_out = vlm_alloc_array(1, sizeof *text_out, "text output");
-        if (!text_out) goto done;
-        vlm_text_out_init(text_out, tok, true);
-    } else if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) {
-        goto done;
+                     (long long)tok_vocab_size(tok), tmpl_names[t]);
+        const struct text_ctx c = {.m = m, .tok = tok, .tmpl = t, .system = system, .lay = &lay, .feats = feats,
+                                   .max_new = max_new, .stop = stop, .n_stop = n_stop, .gen = gen};
+        if (!prompt) {
+            rc = chat_loop(&c);
+            goto done;
+        }
+        const struct chat_msg msg = {.role = "user", .text = prompt, .n_images = 1};
+        if (text_turn(&c, &msg, 1, &n_gen, &n_full, &gs) != VLM_OK) goto done;
+    } else {
+        if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) goto done;
+        emb = vlm_alloc_array((size_t)n_full, (size_t)d * sizeof(float), "prompt embeddings");
+        if (!emb) goto done;
+        if (vlm_prompt_embed(m, full, n_full, feats, lay.n_image_tokens, emb) != VLM_OK) goto done;
+        int first = 1;
+        if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL, print_token, &first, &gs) !=
+            VLM_OK)
+            goto done;
+        printf("\n");
     }
-    emb = vlm_alloc_array((size_t)n_full, (size_t)d * sizeof(float), "prompt embeddings");
-    gen = vlm_alloc_array(max_new ? (size_t)max_new : 1, sizeof(int64_t), "generated tokens");
-    if (!emb || !gen) goto done;
-    if (vlm_prompt_embed(m, full, n_full, feats, lay.n_image_tokens, emb) != VLM_OK) goto done;
-    int first = 1;
-    int64_t n_gen = 0;
-    struct vlm_gen_stats gs;
-    if (vlm_generate_greedy(m, emb, n_full, max_new, stop, n_stop, gen, &n_gen, NULL,
-                            text_out ? print_text : print_token, text_out ? (void *)text_out : &first,
-                            &gs) != VLM_OK)
-        goto done;
-    if (text_out) {
-        int64_t n = vlm_text_out_flush(text_out);
-        if (n > 0) fwrite(text_out->buf, 1, (size_t)n, stdout);
-    }
-    printf("\n");
     /* the first token comes out of the prefill pass; the other n_gen - 1 are decode steps */
     vlm_log_info("prefill %lld tokens in %.1f ms (%.1f tok/s); decode %lld tokens in %.1f ms (%.1f tok/s); %s, "
                  "decoder %s", (long long)n_full, gs.prefill_ms, n_full / (gs.prefill_ms * 1e-3),
@@ -371,8 +503,11 @@ int main(int argc, char **argv) {
                  n_gen > 1 ? (n_gen - 1) / (gs.decode_ms * 1e-3) : 0.0, m->gpu ? "cuda" : "cpu",
                  vlm_model_kernels_str(m));
     rc = 0;
+    goto done;
+no_tokenizer:
+    vlm_log_error("%s: no tokenizer (tokenizer.json or tokenizer.model) found for a chat without PROMPT; pass "
+                  "--tokenizer PATH, or give the prompt as token ids", model_dir);
 done:
-    free(text_out);
     tok_free(tok);
     free(ids);
     free(full);

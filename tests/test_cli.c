@@ -317,14 +317,21 @@ TEST(cli_text_prompt_options) {
     }
 }
 
-/* Invalid UTF-8 in the prompt is replaced (U+FFFD), never a crash. */
+/* Invalid UTF-8 in the prompt or the system text is refused with one line naming it and the byte (the tokenizer
+ * would replace it by U+FFFD, as the reference does, and answer a question nobody asked); nothing on stdout. The
+ * check runs before the model loads, so the model's load line does not appear either. */
 TEST(cli_text_prompt_invalid_utf8) {
     const char *dir = spm_model_dir(true);
     char args[4096], out[8192], err[8192];
     snprintf(args, sizeof args, "--model '%s' --max-new 2 '%s' \"$(printf 'bad \\377\\376 \\303( end')\"", dir,
              test_path("tests/data/images/single_40x50.png"));
-    int rc = run_vlmrun(args, out, sizeof out, err, sizeof err);
-    if (!CHECK_EQ(rc, 0)) fprintf(stderr, "  stderr: %s\n", err);
+    CHECK_EQ(run_vlmrun(args, out, sizeof out, err, sizeof err), 1);
+    CHECK_ERROR_LINE(err, "PROMPT", "invalid UTF-8 at byte 4");
+    CHECK_EQ(out[0], 0);
+    snprintf(args, sizeof args, "--model '%s' --system \"$(printf 'ok \\303(')\" '%s' 'fine'", dir,
+             test_path("tests/data/images/single_40x50.png"));
+    CHECK_EQ(run_vlmrun(args, out, sizeof out, err, sizeof err), 1);
+    CHECK_ERROR_LINE(err, "--system", "invalid UTF-8 at byte 3");
 }
 
 /* --ids keeps the token-id mode when the model directory has a tokenizer: ids in, ids out. */

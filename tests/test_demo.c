@@ -5,6 +5,8 @@
  *   LlavaOnevisionForConditionalGeneration.generate: the independent reference);
  * - demo_default_model: `vlmrun IMAGE QUESTION` with no --model runs the bundled demo (the README's first command),
  *   VLM_MODEL overrides it, and a missing default gives one error line naming the path;
+ * - demo_chat_matches_transformers: `vlmrun IMAGE` with questions on stdin answers three-turn chats as transformers
+ *   does (tests/data/demo/greedy_hf_chat.jsonl), the whole chat in each prompt;
  * - demo_accuracy_floor: the FP accuracy on the first DEMO_ACC_ITEMS questions of the test split
  *   (test_eval.jsonl, scenes never trained on) stays above DEMO_FLOOR_PCT, set from the training report
  *   (models/demo/README.md) minus a margin for the sample. It runs on the checkpoint converted with
@@ -119,6 +121,65 @@ TEST(demo_default_model) {
     CHECK(out != NULL && out[0] == 0);
     free(out);
     cJSON_Delete(it);
+}
+
+/* Interactive mode: `vlmrun IMAGE` with the questions on stdin, one per line, must print transformers' answers of
+ * the same chat (tests/data/demo/greedy_hf_chat.jsonl: earlier answers kept as assistant turns) line by line, and
+ * each turn's prompt must be the whole chat (its length equals transformers'). A blank line is skipped; a line of
+ * invalid UTF-8 gets one error line, is left out of the chat and makes the exit status 1, and the chat goes on. */
+TEST(demo_chat_matches_transformers) {
+    const char *ref = test_path("tests/data/demo/greedy_hf_chat.jsonl");
+    for (int k = 0; k < 3; k++) {
+        cJSON *chat = jsonl_item(ref, k);
+        if (!chat) return;
+        const cJSON *file = cJSON_GetObjectItem(chat, "file"), *turns = cJSON_GetObjectItem(chat, "turns");
+        if (!CHECK(cJSON_IsString(file) && cJSON_IsArray(turns) && cJSON_GetArraySize(turns) >= 2)) {
+            cJSON_Delete(chat);
+            return;
+        }
+        char image[4096], rel[4200], cmd[8192], err[8192], want[4096] = "", questions[4096] = "", line[200];
+        snprintf(rel, sizeof rel, "tests/data/demo/%s", file->valuestring);
+        snprintf(image, sizeof image, "%s", test_path(rel));
+        const bool with_bad = k == 1; /* one chat also carries a blank line and an invalid UTF-8 line */
+        int t = 0;
+        for (const cJSON *turn = turns->child; turn; turn = turn->next, t++) {
+            const cJSON *q = cJSON_GetObjectItem(turn, "q"), *a = cJSON_GetObjectItem(turn, "a");
+            if (!CHECK(cJSON_IsString(q) && cJSON_IsString(a))) break;
+            strncat(questions, q->valuestring, sizeof questions - strlen(questions) - 1);
+            strncat(questions, with_bad && t == 0 ? "\n\n\xff\xfe bad\n" : "\n", sizeof questions - strlen(questions) - 1);
+            snprintf(line, sizeof line, "%s\n", a->valuestring);
+            strncat(want, line, sizeof want - strlen(want) - 1);
+        }
+        const char *in = test_tmp_path("chat_in.txt");
+        test_write_file(in, questions, strlen(questions));
+        snprintf(cmd, sizeof cmd, "%s/vlmrun --model '%s' '%s' <'%s'", VLM_BUILD_DIR, demo_dir(), image, in);
+        char *out = NULL;
+        int rc = run_capture(cmd, &out, err, sizeof err);
+        CHECK_EQ(rc, with_bad ? 1 : 0);
+        if (!CHECK(out != NULL && strcmp(out, want) == 0))
+            fprintf(stderr, "  chat %d: got '%s', transformers '%s'\n  %s", k, out ? out : "", want, err);
+        t = 1;
+        for (const cJSON *turn = turns->child; turn; turn = turn->next, t++) {
+            const cJSON *n = cJSON_GetObjectItem(turn, "n_prompt");
+            snprintf(line, sizeof line, "turn %d: prompt %d tokens,", t, cJSON_IsNumber(n) ? n->valueint : -1);
+            if (!CHECK(strstr(err, line) != NULL)) fprintf(stderr, "  chat %d: no '%s' in:\n%s", k, line, err);
+        }
+        if (with_bad) { /* exactly one error line, naming the bad line */
+            const char *e = strstr(err, "vlmrun: error: ");
+            CHECK(e && strncmp(e, "vlmrun: error: <stdin> line 3: invalid UTF-8 at byte 0\n", 55) == 0 &&
+                  !strstr(e + 1, "vlmrun: error: "));
+        }
+        free(out);
+        cJSON_Delete(chat);
+    }
+    /* no PROMPT and no tokenizer: one line saying so, exit 1 */
+    char cmd[8192], err[4096];
+    char *out = NULL;
+    snprintf(cmd, sizeof cmd, "%s/vlmrun --model '%s' '%s' </dev/null", VLM_BUILD_DIR,
+             test_path("tests/data/models/tiny_unpad"), test_path("tests/data/demo/test/test_00000.png"));
+    CHECK_EQ(run_capture(cmd, &out, err, sizeof err), 1);
+    CHECK_ERROR_LINE(err, "tiny_unpad", "no tokenizer");
+    free(out);
 }
 
 TEST(demo_accuracy_floor) {

@@ -15,6 +15,13 @@ Writes, under --out (default tests/data/demo):
                        them): "ids_hf" every token generate() produced (the stop id included when it stopped on
                        one), "n_prompt" the prompt's token count, "margin_min" the smallest top-1 minus top-2 logit
                        over the generated steps (a tiny margin is where float noise may legitimately flip a token);
+  greedy_hf_chat.jsonl transformers' greedy answers in --n-chat three-turn chats about one test scene each
+                       (the first --n-chat scenes; the first question of each is its greedy_hf.jsonl item, then the
+                       scene's next two question types), the first answer kept in the history as the
+                       assistant's turn: {"file", "turns": [{"q", "a", "n_prompt"}, ...]}, "a" decoded as above,
+                       "n_prompt" the whole chat's prompt length (so a runtime that drops the history is caught even
+                       where its answers happen to agree). vlmrun's interactive mode (questions on stdin) must
+                       print exactly these answers;
   MANIFEST.md          the command, the model files' sha256, library versions, the split and the sizes.
 
 Why: the demo model is what `vlmrun` runs by default, so its tests check the thing users see — that our runtime
@@ -206,6 +213,28 @@ def prompt_features(processor, raw_tok, chat_template, image, question):
     return f
 
 
+def chat_greedy(model, processor, chat_template, image, questions, eos_ids, pad_id):
+    """transformers' greedy answers in one chat about image: each question asked after the previous answers, which
+    stay in the history as assistant turns (the checkpoint's chat template renders it; the first user turn carries
+    the image, the default system turn first, as vlmrun's interactive mode builds it)."""
+    import torch
+    messages = [{"role": "system", "content": [{"type": "text", "text": scenes.SYSTEM_PROMPT}]}]
+    turns = []
+    for k, q in enumerate(questions):
+        content = ([{"type": "image"}] if k == 0 else []) + [{"type": "text", "text": q}]
+        messages.append({"role": "user", "content": content})
+        text = processor.apply_chat_template(messages, chat_template=chat_template, add_generation_prompt=True,
+                                             tokenize=False)
+        f = processor(images=[image], text=[text], return_tensors="pt")
+        with torch.no_grad():
+            g = model.generate(**f, do_sample=False, num_beams=1, max_new_tokens=MAX_NEW_TOKENS,
+                               eos_token_id=eos_ids, pad_token_id=pad_id)
+        answer = processor.tokenizer.decode(g[0, f["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
+        turns.append(dict(q=q, a=answer, n_prompt=f["input_ids"].shape[1]))
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return turns
+
+
 def greedy(model, processor, raw_tok, chat_template, image, question, eos_ids, pad_id):
     """transformers' greedy answer: (decoded text, generated ids, prompt length, smallest top-1/top-2 margin)."""
     import torch
@@ -233,6 +262,7 @@ def main():
     ap.add_argument("--model", default=os.path.join(REPO, "models", "demo"), help="HF checkpoint folder")
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "data", "demo"))
     ap.add_argument("--n-greedy", type=int, default=20, help="scenes with a reference greedy answer")
+    ap.add_argument("--n-chat", type=int, default=3, help="scenes with a reference three-turn chat")
     ap.add_argument("--test-scenes", type=int, default=None, help="test scenes written (default: all 500 while "
                     f"the PNGs stay within {PNG_BUDGET_BYTES:,} bytes)")
     ap.add_argument("--seed", type=int, default=0, help="scenes.py seed (train_demo.py's default)")
@@ -283,6 +313,19 @@ def main():
     log(f"greedy: {len(lines)} answers ({n_empty} empty), types {', '.join(types)}; smallest margin {worst[0]:.4f} "
         f"(test {worst[1]}) ({time.time() - t1:.1f} s)")
 
+    chats = []
+    for rec, qa in greedy_items(recs, args.n_chat):
+        types = [x["type"] for x in scenes.eval_items(rec)]
+        items = scenes.eval_items(rec)
+        k = types.index(qa["type"])
+        questions = [qa["q"]] + [items[(k + j) % len(items)]["q"] for j in (1, 2)]
+        turns = chat_greedy(model, processor, chat_template, by_index[rec["index"]], questions, eos_ids, pad_id)
+        chats.append(dict(file=rec["file"], index=rec["index"], turns=turns))
+        log(f"  chat test {rec['index']:3d}: " + " / ".join(f"{t['q']!r} -> {t['a']!r}" for t in turns))
+    with open(os.path.join(args.out, "greedy_hf_chat.jsonl"), "w") as f:
+        for c in chats:
+            f.write(json.dumps(c) + "\n")
+
     files = sorted(os.listdir(args.model))
     with open(os.path.join(args.out, "MANIFEST.md"), "w") as f:
         f.write("# tests/data/demo — fixtures of the bundled demo model\n\n")
@@ -296,6 +339,8 @@ def main():
         f.write(f"- greedy_hf.jsonl: {len(lines)} items (first {args.n_greedy} scenes), transformers float32 eager, "
                 f"max {MAX_NEW_TOKENS} new tokens, eos {eos_ids}; {n_empty} empty answers; smallest top-1/top-2 "
                 f"logit margin {worst[0]:.4f}\n")
+        f.write(f"- greedy_hf_chat.jsonl: {len(chats)} three-turn chats (first {args.n_chat} scenes), the same reference "
+                f"and limits\n")
         f.write("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())
                 + f", Python {sys.version.split()[0]}\n\n")
         f.write("Model files (the reference answers hold for exactly these bytes):\n\n")
@@ -303,7 +348,8 @@ def main():
             p = os.path.join(args.model, name)
             if os.path.isfile(p):
                 f.write(f"- `{name}` {os.path.getsize(p):,} bytes, sha256 `{sha256(p)}`\n")
-    log(f"wrote {args.out}: test/ ({len(recs)} PNGs), test_eval.jsonl, greedy_hf.jsonl, MANIFEST.md")
+    log(f"wrote {args.out}: test/ ({len(recs)} PNGs), test_eval.jsonl, greedy_hf.jsonl, greedy_hf_chat.jsonl, "
+        "MANIFEST.md")
 
 
 if __name__ == "__main__":
