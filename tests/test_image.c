@@ -654,6 +654,10 @@ TEST(image_decode_rejects_oversized_huffman_table) {
     expect_load_error(test_path("tests/data/bad/jpeg_undefined_huffman.jpg"), VLM_ERR_FORMAT, "never defined");
     /* fuzzer find: an empty first IDAT chunk (stb adds 0 to a NULL buffer) */
     expect_load_error(test_path("tests/data/bad/png_empty_idat.png"), VLM_ERR_FORMAT, "empty IDAT");
+    /* fuzzer find: the same in a file cut off 3 bytes after it, before the chunk's CRC (the framing check had
+     * stopped at the last complete chunk, so stb saw the empty IDAT) */
+    expect_load_error(test_path("tests/data/bad/png_empty_idat_cut.png"), VLM_ERR_FORMAT,
+                      "empty IDAT chunk at byte 33");
     /* fuzzer find: a 1.4 KB PNG whose IDAT declares ~1 GB (stb reallocated 2 GiB before noticing the end) */
     expect_load_error(test_path("tests/data/bad/png_idat_huge.png"), VLM_ERR_FORMAT, "past the end of the file");
     /* the same with control bytes in that chunk's type: the message names it and stays one line */

@@ -136,14 +136,14 @@ int img_png_walk(const uint8_t *buf, size_t len, int64_t *w, int64_t *h, char *w
     *w = img_rd_be32(buf + 16);
     *h = img_rd_be32(buf + 20);
     size_t i = 8; /* after the signature (checked by the caller) */
-    while (len - i >= 12) {
+    while (len - i >= 8) { /* a length and a type: enough to judge a chunk even when its data or CRC is cut off */
         size_t n = img_rd_be32(buf + i);
         if (n == 0 && memcmp(buf + i + 4, "IDAT", 4) == 0) {
             snprintf(why, cap, "corrupt PNG: empty IDAT chunk at byte %zu", i);
             return 0;
         }
         if (memcmp(buf + i + 4, "IEND", 4) == 0) return 1;
-        if (n > len - i - 12) {
+        if (n + 12 > len - i) { /* n < 2^32: no overflow */
             /* stb grows its IDAT buffer to the declared length before it notices the file ends: a 1.4 KB file
              * declaring a 1 GB IDAT made it realloc 2 GiB (tests/fuzz/fuzz_image.c,
              * tests/data/bad/png_idat_huge.png) */
