@@ -279,9 +279,8 @@ static int chat_loop(const struct text_ctx *c) {
             continue;
         }
         if (n_msgs + 2 > cap) { /* room for this question and its answer */
-            int ncap = cap ? 2 * cap : 16;
-            struct chat_msg *nm = n_msgs + 2 <= ncap && ncap < (1 << 20) ? realloc(msgs, (size_t)ncap * sizeof *nm)
-                                                                           : NULL;
+            const int ncap = cap ? 2 * cap : 16; /* n_msgs == cap (both even) here: 2 * cap >= n_msgs + 2 */
+            struct chat_msg *nm = ncap < (1 << 20) ? realloc(msgs, (size_t)ncap * sizeof *nm) : NULL;
             if (!nm) {
                 vlm_log_error("out of memory for the chat history (%d turns)", n_msgs);
                 rc = 1;
