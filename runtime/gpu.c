@@ -287,6 +287,9 @@ void vlm_gpu_free(struct vlm_gpu *g) {
 
 const char *vlm_gpu_describe(const struct vlm_gpu *g) { return g->desc; }
 void vlm_gpu_reset(struct vlm_gpu *g) { g->n_past = 0; }
+void vlm_gpu_truncate(struct vlm_gpu *g, int64_t n) {
+    if (n >= 0 && n < g->n_past) g->n_past = n;
+}
 int64_t vlm_gpu_n_past(const struct vlm_gpu *g) { return g->n_past; }
 
 /* Enqueues the decoder layers for nc tokens whose rows sit in g->h, at positions pos0.. (host) or, when dev, at the

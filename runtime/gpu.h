@@ -29,6 +29,9 @@ const char *vlm_gpu_describe(const struct vlm_gpu *g);
 
 /* Forgets the cached tokens (a new prompt starts at position 0). */
 void vlm_gpu_reset(struct vlm_gpu *g);
+/* Forgets the cached tokens from position n on (n <= the count cached; a larger n changes nothing): a session
+ * keeps the prefix its next prompt shares. */
+void vlm_gpu_truncate(struct vlm_gpu *g, int64_t n);
 /* Tokens cached so far. */
 int64_t vlm_gpu_n_past(const struct vlm_gpu *g);
 

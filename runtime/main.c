@@ -6,7 +6,7 @@
  * expanded to the image's token count, and the generated tokens are decoded and streamed as text.
  * Id mode (no tokenizer, or --ids): PROMPT is a list of token ids (spaces or commas between them) in which
  * "<image>" or the model's image token id marks the image; stdout then carries the generated ids.
- * Without PROMPT (text mode): a chat, one question per stdin line, earlier turns kept (chat_loop).
+ * Without PROMPT (text mode): a chat, one question per stdin line, earlier turns kept in the KV cache (chat_loop).
  * Logs and timings go to stderr. Exit status: 0 success, 1 runtime error (one line on stderr), 2 usage error. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -221,13 +221,13 @@ struct text_ctx {
     int64_t *gen; /* max_new generated tokens */
 };
 
-/* One answer: renders the chat msgs[0..n_msgs) (the image in the first message), embeds it, generates greedily and
- * streams the text to stdout, newline-terminated. c->gen receives the tokens, *n_gen their count, *n_prompt the
- * prompt length, *gs the timings. Each call prefills the whole chat into a fresh cache. */
-static enum vlm_status text_turn(const struct text_ctx *c, const struct chat_msg *msgs, int n_msgs, int64_t *n_gen,
-                                 int64_t *n_prompt, struct vlm_gen_stats *gs) {
+/* One answer: renders the chat msgs[0..n_msgs) (the image in the first message), generates greedily and streams the
+ * text to stdout, newline-terminated. c->gen receives the tokens, *n_gen their count, *n_prompt the prompt length,
+ * *n_cached the prompt tokens the session already held (not prefilled again), *gs the timings. */
+static enum vlm_status text_turn(const struct text_ctx *c, struct vlm_session *s, const struct chat_msg *msgs,
+                                 int n_msgs, int64_t *n_gen, int64_t *n_prompt, int64_t *n_cached,
+                                 struct vlm_gen_stats *gs) {
     int64_t *full = NULL;
-    float *emb = NULL;
     size_t n = 0;
     struct vlm_text_out *out = NULL;
     enum vlm_status st = chat_render(c->tok, c->tmpl, c->system, msgs, n_msgs, &c->lay->n_image_tokens, 1, true,
@@ -235,13 +235,11 @@ static enum vlm_status text_turn(const struct text_ctx *c, const struct chat_msg
     if (st != VLM_OK) goto done;
     *n_prompt = (int64_t)n;
     st = VLM_ERR_OOM;
-    emb = vlm_alloc_array(n, (size_t)c->m->config.text.hidden_size * sizeof(float), "prompt embeddings");
     out = vlm_alloc_array(1, sizeof *out, "text output");
-    if (!emb || !out) goto done;
+    if (!out) goto done;
     vlm_text_out_init(out, c->tok, true);
-    if ((st = vlm_prompt_embed(c->m, full, (int64_t)n, c->feats, c->lay->n_image_tokens, emb)) != VLM_OK) goto done;
-    st = vlm_generate_greedy(c->m, emb, (int64_t)n, c->max_new, c->stop, c->n_stop, c->gen, n_gen, NULL, print_text,
-                             out, gs);
+    st = vlm_session_generate(c->m, s, full, (int64_t)n, c->feats, c->lay->n_image_tokens, c->max_new, c->stop,
+                              c->n_stop, c->gen, n_gen, print_text, out, gs, n_cached);
     if (st != VLM_OK) goto done;
     int64_t k = vlm_text_out_flush(out);
     if (k > 0) fwrite(out->buf, 1, (size_t)k, stdout);
@@ -249,7 +247,6 @@ static enum vlm_status text_turn(const struct text_ctx *c, const struct chat_msg
     fflush(stdout);
 done:
     free(out);
-    free(emb);
     free(full);
     return st;
 }
@@ -265,6 +262,7 @@ static int chat_loop(const struct text_ctx *c) {
     size_t line_cap = 0;
     const bool tty = isatty(STDIN_FILENO);
     long long n_lines = 0;
+    struct vlm_session session = {0}; /* the chat so far stays in the KV cache: a question prefills only itself */
     for (;;) {
         if (tty) fputs("> ", stderr);
         ssize_t len = getline(&line, &line_cap, stdin);
@@ -295,10 +293,10 @@ static int chat_loop(const struct text_ctx *c) {
             break;
         }
         msgs[n_msgs] = (struct chat_msg){.role = "user", .text = q, .n_images = n_msgs == 0};
-        int64_t n_gen = 0, n_prompt = 0;
+        int64_t n_gen = 0, n_prompt = 0, n_cached = 0;
         struct vlm_gen_stats gs;
         size_t n_answer;
-        if (text_turn(c, msgs, n_msgs + 1, &n_gen, &n_prompt, &gs) != VLM_OK ||
+        if (text_turn(c, &session, msgs, n_msgs + 1, &n_gen, &n_prompt, &n_cached, &gs) != VLM_OK ||
             tok_decode(c->tok, c->gen, (size_t)n_gen, true, &answer, &n_answer) != VLM_OK) {
             free(q); /* said why in one line; the chat goes on without this question */
             rc = 1;
@@ -306,8 +304,9 @@ static int chat_loop(const struct text_ctx *c) {
         }
         msgs[n_msgs + 1] = (struct chat_msg){.role = "assistant", .text = answer};
         n_msgs += 2;
-        vlm_log_info("turn %d: prompt %lld tokens, prefill %.1f ms, %lld tokens decoded in %.1f ms", n_msgs / 2,
-                     (long long)n_prompt, gs.prefill_ms, (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms);
+        vlm_log_info("turn %d: prompt %lld tokens, %lld cached, prefill %.1f ms, %lld tokens decoded in %.1f ms",
+                     n_msgs / 2, (long long)n_prompt, (long long)n_cached, gs.prefill_ms,
+                     (long long)(n_gen > 0 ? n_gen - 1 : 0), gs.decode_ms);
     }
     if (ferror(stdin)) {
         vlm_log_error("<stdin>: read failed: %s", strerror(errno));
@@ -316,6 +315,7 @@ static int chat_loop(const struct text_ctx *c) {
     for (int i = 0; i < n_msgs; i++) free((char *)msgs[i].text);
     free(msgs);
     free(line);
+    vlm_session_free(&session);
     return rc;
 }
 
@@ -483,7 +483,11 @@ int main(int argc, char **argv) {
             goto done;
         }
         const struct chat_msg msg = {.role = "user", .text = prompt, .n_images = 1};
-        if (text_turn(&c, &msg, 1, &n_gen, &n_full, &gs) != VLM_OK) goto done;
+        struct vlm_session one = {0};
+        int64_t n_cached;
+        enum vlm_status st = text_turn(&c, &one, &msg, 1, &n_gen, &n_full, &n_cached, &gs);
+        vlm_session_free(&one);
+        if (st != VLM_OK) goto done;
     } else {
         if (vlm_prompt_expand(p_ids, n_ids, img_tok, 1, lay.n_image_tokens, &full, &n_full) != VLM_OK) goto done;
         emb = vlm_alloc_array((size_t)n_full, (size_t)d * sizeof(float), "prompt embeddings");

@@ -1,6 +1,7 @@
 /* pipeline.c — see pipeline.h. */
 #include "pipeline.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,7 +101,8 @@ int64_t vlm_argmax(const float *x, int64_t n) {
     return best;
 }
 
-/* vlm_generate_greedy on m->gpu: the same loop, the argmax taken on the device. */
+/* vlm_generate_greedy's loop on m->gpu, after the prompt's first n_past tokens are already in the device cache
+ * (emb holds the rest, n rows): the argmax taken on the device. */
 static enum vlm_status generate_gpu(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
                                     float *prefill_logits, vlm_token_cb cb, void *user, struct vlm_gen_stats *stats) {
@@ -108,7 +110,6 @@ static enum vlm_status generate_gpu(const struct vlm_model *m, const float *emb,
     float *x = vlm_alloc_array((size_t)d, sizeof(float), "token embedding");
     if (!x) return VLM_ERR_OOM;
     int64_t n_gen = 0, id = 0;
-    vlm_gpu_reset(m->gpu);
     double t0 = vlm_time_ms(), t1;
     enum vlm_status st = vlm_gpu_forward(m->gpu, emb, n, prefill_logits, prefill_logits != NULL, &id);
     t1 = vlm_time_ms();
@@ -127,20 +128,13 @@ static enum vlm_status generate_gpu(const struct vlm_model *m, const float *emb,
     return st;
 }
 
-enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
-                                    const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
-                                    float *prefill_logits, vlm_token_cb cb, void *user,
+/* The same loop on the CPU, continuing the cache kv (emb: the n prompt rows not in it yet). */
+static enum vlm_status generate_cpu(const struct vlm_model *m, struct kv_cache *kv, const float *emb, int64_t n,
+                                    int64_t max_new, const int64_t *stop_ids, int n_stop, int64_t *out_tokens,
+                                    int64_t *n_out, float *prefill_logits, vlm_token_cb cb, void *user,
                                     struct vlm_gen_stats *stats) {
     const int64_t V = m->w.n_vocab_rows, d = m->config.text.hidden_size;
-    struct kv_cache kv;
-    if (max_new < 0 || n <= 0) {
-        vlm_log_error("generate: bad lengths (prompt %lld, max_new %lld)", (long long)n, (long long)max_new);
-        return VLM_ERR_ARG;
-    }
-    if (m->gpu)
-        return generate_gpu(m, emb, n, max_new, stop_ids, n_stop, out_tokens, n_out, prefill_logits, cb, user, stats);
-    enum vlm_status st = kv_cache_init(&kv, &m->config.text, n + (max_new > 0 ? max_new : 1));
-    if (st != VLM_OK) return st;
+    enum vlm_status st = VLM_OK;
     float *logits = vlm_alloc_array((size_t)V, sizeof(float), "logits");
     float *x = vlm_alloc_array((size_t)d, sizeof(float), "token embedding");
     int64_t n_gen = 0;
@@ -150,9 +144,9 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
     }
     double t0 = vlm_time_ms(), t1 = t0;
     if (prefill_logits) {
-        if ((st = qwen2_forward(m, &kv, emb, n, prefill_logits, 1)) != VLM_OK) goto done;
+        if ((st = qwen2_forward(m, kv, emb, n, prefill_logits, 1)) != VLM_OK) goto done;
         memcpy(logits, prefill_logits + (n - 1) * V, (size_t)V * sizeof(float));
-    } else if ((st = qwen2_forward(m, &kv, emb, n, logits, 0)) != VLM_OK) {
+    } else if ((st = qwen2_forward(m, kv, emb, n, logits, 0)) != VLM_OK) {
         goto done;
     }
     t1 = vlm_time_ms();
@@ -163,13 +157,114 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
         for (int s = 0; s < n_stop; s++) stop |= id == stop_ids[s];
         if (stop || n_gen == max_new) break;
         if ((st = qwen2_embed(m, &id, 1, x)) != VLM_OK) goto done;
-        if ((st = qwen2_forward(m, &kv, x, 1, logits, 0)) != VLM_OK) goto done;
+        if ((st = qwen2_forward(m, kv, x, 1, logits, 0)) != VLM_OK) goto done;
     }
     *n_out = n_gen;
     if (stats) *stats = (struct vlm_gen_stats){.prefill_ms = t1 - t0, .decode_ms = vlm_time_ms() - t1};
 done:
     free(logits);
     free(x);
+    return st;
+}
+
+enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb, int64_t n, int64_t max_new,
+                                    const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                    float *prefill_logits, vlm_token_cb cb, void *user,
+                                    struct vlm_gen_stats *stats) {
+    struct kv_cache kv;
+    if (max_new < 0 || n <= 0) {
+        vlm_log_error("generate: bad lengths (prompt %lld, max_new %lld)", (long long)n, (long long)max_new);
+        return VLM_ERR_ARG;
+    }
+    if (m->gpu) {
+        vlm_gpu_reset(m->gpu);
+        return generate_gpu(m, emb, n, max_new, stop_ids, n_stop, out_tokens, n_out, prefill_logits, cb, user, stats);
+    }
+    enum vlm_status st = kv_cache_init(&kv, &m->config.text, n + (max_new > 0 ? max_new : 1));
+    if (st != VLM_OK) return st;
+    st = generate_cpu(m, &kv, emb, n, max_new, stop_ids, n_stop, out_tokens, n_out, prefill_logits, cb, user, stats);
     kv_cache_free(&kv);
+    return st;
+}
+
+void vlm_session_free(struct vlm_session *s) {
+    if (!s) return;
+    kv_cache_free(&s->kv);
+    free(s->ids);
+    memset(s, 0, sizeof *s);
+}
+
+/* Makes s->ids hold at least n ids. */
+static enum vlm_status session_ids_reserve(struct vlm_session *s, int64_t n) {
+    if (n <= s->cap_ids) return VLM_OK;
+    int64_t cap = s->cap_ids > 0 ? s->cap_ids : 256;
+    while (cap < n) cap = cap > INT64_MAX / 2 ? n : 2 * cap;
+    int64_t *ids = vlm_alloc_array((size_t)cap, sizeof *ids, "session token ids");
+    if (!ids) return VLM_ERR_OOM;
+    if (s->n_ids > 0) memcpy(ids, s->ids, (size_t)s->n_ids * sizeof *ids);
+    free(s->ids);
+    s->ids = ids, s->cap_ids = cap;
+    return VLM_OK;
+}
+
+enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_session *s, const int64_t *ids, int64_t n,
+                                     const float *feats, int64_t n_feat_rows, int64_t max_new,
+                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                     vlm_token_cb cb, void *user, struct vlm_gen_stats *stats, int64_t *n_cached) {
+    const struct vlm_text_config *tc = &m->config.text;
+    const int64_t d = tc->hidden_size, img = m->config.image_token_index;
+    if (max_new < 0 || n <= 0 || max_new > tc->max_position_embeddings ||
+        n > tc->max_position_embeddings - (max_new > 0 ? max_new : 1)) {
+        vlm_log_error("generate: prompt %lld + answer %lld tokens do not fit the model's %lld positions",
+                      (long long)n, (long long)max_new, (long long)tc->max_position_embeddings);
+        return VLM_ERR_ARG;
+    }
+    /* The device cache belongs to the model: anything else that ran on it since (vlm_generate_greedy resets it) makes
+     * this session's record stale, and nothing is reused. */
+    if (m->gpu && vlm_gpu_n_past(m->gpu) != s->n_ids) s->n_ids = 0;
+    /* Reuse the longest common prefix, but always recompute the last prompt token: its logits pick the first answer
+     * token, and the cache holds keys and values, not logits. */
+    int64_t keep = 0;
+    while (keep < s->n_ids && keep < n - 1 && s->ids[keep] == ids[keep]) keep++;
+    int64_t skip_feats = 0;
+    for (int64_t i = 0; i < keep; i++) skip_feats += ids[i] == img;
+    if (skip_feats > n_feat_rows) {
+        vlm_log_error("prompt has more image-token positions than the image's %lld features", (long long)n_feat_rows);
+        return VLM_ERR_ARG;
+    }
+    s->n_ids = keep; /* from here on the cache beyond keep is being overwritten */
+    enum vlm_status st = session_ids_reserve(s, n + max_new);
+    if (st != VLM_OK) return st;
+    float *emb = vlm_alloc_array((size_t)(n - keep), (size_t)d * sizeof(float), "prompt embeddings");
+    if (!emb) return VLM_ERR_OOM;
+    st = vlm_prompt_embed(m, ids + keep, n - keep, feats + skip_feats * d, n_feat_rows - skip_feats, emb);
+    if (st != VLM_OK) goto done;
+    if (m->gpu) {
+        vlm_gpu_truncate(m->gpu, keep);
+        st = generate_gpu(m, emb, n - keep, max_new, stop_ids, n_stop, out_tokens, n_out, NULL, cb, user, stats);
+    } else {
+        const int64_t need = n + (max_new > 0 ? max_new : 1);
+        if (!s->kv.k) {
+            st = kv_cache_init(&s->kv, tc, need);
+        } else if (need > s->kv.max_seq) { /* doubling keeps a long chat's copies linear in its length */
+            int64_t want = s->kv.max_seq <= tc->max_position_embeddings / 2 ? 2 * s->kv.max_seq
+                                                                             : tc->max_position_embeddings;
+            st = kv_cache_grow(&s->kv, tc, want > need ? want : need);
+        }
+        if (st != VLM_OK) goto done;
+        s->kv.n_past = keep;
+        st = generate_cpu(m, &s->kv, emb, n - keep, max_new, stop_ids, n_stop, out_tokens, n_out, NULL, cb, user,
+                          stats);
+    }
+    if (st != VLM_OK) goto done;
+    /* The cache now holds the prompt and every answer token but the last (never fed back). */
+    memcpy(s->ids + keep, ids + keep, (size_t)(n - keep) * sizeof *ids);
+    s->n_ids = n;
+    if (*n_out > 1) memcpy(s->ids + n, out_tokens, (size_t)(*n_out - 1) * sizeof *ids);
+    s->n_ids += *n_out > 1 ? *n_out - 1 : 0;
+    if (n_cached) *n_cached = keep;
+done:
+    if (st != VLM_OK) s->n_ids = 0; /* a failed step may have written part of the cache: trust none of it */
+    free(emb);
     return st;
 }

@@ -41,6 +41,27 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
                                     float *prefill_logits, vlm_token_cb cb, void *user,
                                     struct vlm_gen_stats *stats);
 
+/* A conversation's decoder state kept between requests: which token ids the KV cache holds, in order. A new prompt
+ * that starts with some of them prefills only the rest (llama.cpp's prompt-cache reuse), so a chat's next question
+ * costs its own tokens, not the whole chat's. With m->gpu the cache is the device's (one per model). Zero-initialise;
+ * vlm_session_free releases it. */
+struct vlm_session {
+    struct kv_cache kv; /* the CPU path's cache, grown as the chat grows */
+    int64_t *ids;       /* ids[0..n_ids): the tokens whose k/v are cached */
+    int64_t n_ids, cap_ids;
+};
+void vlm_session_free(struct vlm_session *s);
+
+/* As vlm_generate_greedy for the expanded prompt ids (n), whose image-token positions take feats' rows
+ * (n_feat_rows, d) in order: the longest common prefix of ids with the tokens already cached is kept (at most n - 1:
+ * the last prompt token is always recomputed) and only the rest is prefilled. *n_cached (may be NULL) receives the
+ * count kept. The answer equals a fresh prefill's up to float rounding. An argument error leaves the session as it was;
+ * a failure while running leaves it empty (the cache may be half written). */
+enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_session *s, const int64_t *ids, int64_t n,
+                                     const float *feats, int64_t n_feat_rows, int64_t max_new,
+                                     const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
+                                     vlm_token_cb cb, void *user, struct vlm_gen_stats *stats, int64_t *n_cached);
+
 /* Index of the largest value (first on ties), as torch.argmax. */
 int64_t vlm_argmax(const float *x, int64_t n);
 

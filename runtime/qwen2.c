@@ -51,6 +51,23 @@ void kv_cache_free(struct kv_cache *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
+enum vlm_status kv_cache_grow(struct kv_cache *kv, const struct vlm_text_config *tc, int64_t max_seq) {
+    struct kv_cache nk;
+    if (max_seq <= kv->max_seq) return VLM_OK;
+    enum vlm_status st = kv_cache_init(&nk, tc, max_seq);
+    if (st != VLM_OK) return st;
+    /* (n_layers, max_seq, kv_dim): each layer's rows move to the new stride */
+    const size_t row = (size_t)kv->kv_dim * sizeof(float);
+    for (int64_t l = 0; l < kv->n_layers; l++) {
+        memcpy(nk.k + l * max_seq * nk.kv_dim, kv->k + l * kv->max_seq * kv->kv_dim, (size_t)kv->n_past * row);
+        memcpy(nk.v + l * max_seq * nk.kv_dim, kv->v + l * kv->max_seq * kv->kv_dim, (size_t)kv->n_past * row);
+    }
+    nk.n_past = kv->n_past;
+    kv_cache_free(kv);
+    *kv = nk;
+    return VLM_OK;
+}
+
 enum vlm_status qwen2_embed(const struct vlm_model *m, const int64_t *ids, int64_t n, float *out) {
     const int64_t d = m->config.text.hidden_size;
     for (int64_t i = 0; i < n; i++) {

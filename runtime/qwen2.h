@@ -16,6 +16,8 @@ struct kv_cache {
 
 enum vlm_status kv_cache_init(struct kv_cache *kv, const struct vlm_text_config *tc, int64_t max_seq);
 void kv_cache_free(struct kv_cache *kv);
+/* Re-allocates kv for max_seq (> kv->max_seq) tokens, keeping the n_past cached ones. On failure kv is unchanged. */
+enum vlm_status kv_cache_grow(struct kv_cache *kv, const struct vlm_text_config *tc, int64_t max_seq);
 
 /* out (n, d) = embedding rows of ids. VLM_ERR_ARG when an id is outside the embedding table. */
 enum vlm_status qwen2_embed(const struct vlm_model *m, const int64_t *ids, int64_t n, float *out);

@@ -162,6 +162,62 @@ TEST(cuda_model_random_w3) { run_random("gpu_w3.mbq", "--wbits 3"); }
 TEST(cuda_model_random_w4) { run_random("gpu_w4.mbq", "--wbits 4"); }
 TEST(cuda_model_random_w4a8) { run_random("gpu_w4a8.mbq", "--wbits 4 --abits 8"); }
 
+/* A chat session on the device cache (vlm_gpu_truncate): a prompt extending the last one prefills only its new
+ * tokens and answers as a fresh prefill of the whole prompt on the GPU does; a generation outside the session
+ * (vlm_generate_greedy resets the device cache) makes the session reuse nothing. */
+TEST(cuda_model_session_reuses_prefix) {
+    struct golden_file g;
+    if (golden_load("tests/golden/unpad_png.bin", &g) != 0) return;
+    struct vlm_session s = {0};
+    int64_t *seq = NULL;
+    float *emb = NULL;
+    const struct golden_tensor *gids = golden_get(&g, "input_ids", GOLDEN_I64);
+    const struct golden_tensor *gpack = golden_get(&g, "packed", GOLDEN_F32);
+    const struct golden_tensor *ggreedy = golden_get(&g, "greedy", GOLDEN_I64);
+    struct vlm_model *m = test_load_model("tests/data/models/tiny_unpad", false);
+    if (!gids || !gpack || !ggreedy || !m || !CHECK(ggreedy->n >= 10)) goto done;
+    const int64_t d = m->config.text.hidden_size, n0 = gids->n, n_img = gpack->n / d;
+    if (!attach_gpu(m, n0 + 32)) goto done;
+    seq = malloc((size_t)(n0 + 10) * sizeof *seq);
+    emb = malloc((size_t)((n0 + 10) * d) * sizeof *emb);
+    if (!CHECK(seq && emb)) goto done;
+    memcpy(seq, gids->data, (size_t)n0 * sizeof *seq);
+    memcpy(seq + n0, ggreedy->data, 10 * sizeof *seq);
+    int64_t f1[4], f2[6], gen[6], n1 = 0, n2 = 0, n_gen = 0, cached = -1;
+    if (!CHECK(vlm_prompt_embed(m, seq, n0, gpack->data, n_img, emb) == VLM_OK) ||
+        !CHECK(vlm_generate_greedy(m, emb, n0, 4, NULL, 0, f1, &n1, NULL, NULL, NULL, NULL) == VLM_OK) ||
+        !CHECK(vlm_prompt_embed(m, seq, n0 + 10, gpack->data, n_img, emb) == VLM_OK) ||
+        !CHECK(vlm_generate_greedy(m, emb, n0 + 10, 6, NULL, 0, f2, &n2, NULL, NULL, NULL, NULL) == VLM_OK))
+        goto done;
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0, gpack->data, n_img, 4, NULL, 0, gen, &n_gen, NULL, NULL, NULL,
+                                    &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, 0); /* the device cache held f2's prompt, not this session's tokens */
+    CHECK_EQ(n_gen, n1);
+    for (int64_t i = 0; i < n_gen && i < n1; i++) CHECK_EQ(gen[i], f1[i]);
+    CHECK_EQ(vlm_gpu_n_past(m->gpu), n0 + n_gen - 1);
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0 + 10, gpack->data, n_img, 6, NULL, 0, gen, &n_gen, NULL, NULL,
+                                    NULL, &cached) == VLM_OK))
+        goto done;
+    /* the prompt and the fed-back answer tokens that agree with transformers' greedy ones are kept */
+    int64_t agree = 0;
+    while (agree < n1 - 1 && f1[agree] == ((const int64_t *)ggreedy->data)[agree]) agree++;
+    CHECK_EQ(cached, n0 + agree);
+    CHECK_EQ(n_gen, n2);
+    for (int64_t i = 0; i < n_gen && i < n2; i++) CHECK_EQ(gen[i], f2[i]);
+    if (!CHECK(vlm_generate_greedy(m, emb, n0 + 10, 2, NULL, 0, f2, &n2, NULL, NULL, NULL, NULL) == VLM_OK)) goto done;
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0 + 10, gpack->data, n_img, 2, NULL, 0, gen, &n_gen, NULL, NULL,
+                                    NULL, &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, 0);
+done:
+    vlm_session_free(&s);
+    free(seq);
+    free(emb);
+    vlm_model_free(m);
+    golden_free(&g);
+}
+
 /* Two concatenated vision feature layers (tiny_odd) are a CPU-only feature: a clear one-line refusal, not a crash. */
 TEST(cuda_model_refuses_concat_features) {
     struct vlm_model *m = test_load_model("tests/data/models/tiny_odd", false);

@@ -125,7 +125,8 @@ TEST(demo_default_model) {
 
 /* Interactive mode: `vlmrun IMAGE` with the questions on stdin, one per line, must print transformers' answers of
  * the same chat (tests/data/demo/greedy_hf_chat.jsonl: earlier answers kept as assistant turns) line by line, and
- * each turn's prompt must be the whole chat (its length equals transformers'). A blank line is skipped; a line of
+ * each turn's prompt must be the whole chat (its length equals transformers'), of which the KV cache kept all of
+ * the previous turn's prompt. A blank line is skipped; a line of
  * invalid UTF-8 gets one error line, is left out of the chat and makes the exit status 1, and the chat goes on. */
 TEST(demo_chat_matches_transformers) {
     const char *ref = test_path("tests/data/demo/greedy_hf_chat.jsonl");
@@ -158,11 +159,23 @@ TEST(demo_chat_matches_transformers) {
         CHECK_EQ(rc, with_bad ? 1 : 0);
         if (!CHECK(out != NULL && strcmp(out, want) == 0))
             fprintf(stderr, "  chat %d: got '%s', transformers '%s'\n  %s", k, out ? out : "", want, err);
+        /* each turn's prompt is the whole chat, and all of the previous turn's prompt is reused from the cache (the
+         * chat only grows), none of the new question: previous n_prompt <= cached < this n_prompt */
         t = 1;
+        int prev = 0;
         for (const cJSON *turn = turns->child; turn; turn = turn->next, t++) {
             const cJSON *n = cJSON_GetObjectItem(turn, "n_prompt");
-            snprintf(line, sizeof line, "turn %d: prompt %d tokens,", t, cJSON_IsNumber(n) ? n->valueint : -1);
-            if (!CHECK(strstr(err, line) != NULL)) fprintf(stderr, "  chat %d: no '%s' in:\n%s", k, line, err);
+            const int np = cJSON_IsNumber(n) ? n->valueint : -1;
+            snprintf(line, sizeof line, "turn %d: prompt %d tokens, ", t, np);
+            const char *at = strstr(err, line);
+            long long cached = -1;
+            if (!CHECK(at != NULL && sscanf(at + strlen(line), "%lld cached,", &cached) == 1)) {
+                fprintf(stderr, "  chat %d: no '%s<N> cached' in:\n%s", k, line, err);
+                continue;
+            }
+            if (!CHECK(t == 1 ? cached == 0 : cached >= prev && cached < np))
+                fprintf(stderr, "  chat %d turn %d: %lld cached of %d (previous prompt %d)\n", k, t, cached, np, prev);
+            prev = np;
         }
         if (with_bad) { /* exactly one error line, naming the bad line */
             const char *e = strstr(err, "vlmrun: error: ");

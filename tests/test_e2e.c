@@ -180,6 +180,92 @@ done:
     golden_free(&g);
 }
 
+/* A session (vlm_session_generate) keeps what it cached: a prompt that extends the last one prefills only the new
+ * tokens, a prompt that diverges keeps the common prefix, and the tokens still equal transformers' greedy ones
+ * (golden "greedy": 20 tokens after input_ids) and a fresh prefill's. The cache also grows between calls. */
+TEST(e2e_session_reuses_prefix) {
+    struct golden_file g;
+    struct vlm_model *m = NULL;
+    struct vlm_session s = {0};
+    int64_t *seq = NULL;
+    float *emb = NULL;
+    if (golden_load("tests/golden/unpad_png.bin", &g) != 0) return;
+    const struct golden_tensor *gids = golden_get(&g, "input_ids", GOLDEN_I64);
+    const struct golden_tensor *gpack = golden_get(&g, "packed", GOLDEN_F32);
+    const struct golden_tensor *ggreedy = golden_get(&g, "greedy", GOLDEN_I64);
+    if (!gids || !gpack || !ggreedy || !CHECK(ggreedy->n >= 16)) goto done;
+    if (!CHECK(vlm_model_load(test_path("tests/data/models/tiny_unpad"), &m) == VLM_OK)) goto done;
+    const int64_t d = m->config.text.hidden_size, n0 = gids->n, n_img = gpack->n / d;
+    const int64_t *ref = (const int64_t *)ggreedy->data;
+    seq = malloc((size_t)(n0 + 20) * sizeof *seq);
+    emb = malloc((size_t)((n0 + 20) * d) * sizeof *emb);
+    if (!CHECK(seq && emb)) goto done;
+    memcpy(seq, gids->data, (size_t)n0 * sizeof *seq);
+    int64_t gen[20], n_gen = 0, cached = -1;
+
+    /* 1: the prompt, 4 tokens: nothing cached yet */
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0, gpack->data, n_img, 4, NULL, 0, gen, &n_gen, NULL, NULL, NULL,
+                                    &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, 0);
+    CHECK_EQ(n_gen, 4);
+    for (int64_t i = 0; i < n_gen; i++) CHECK_EQ(gen[i], ref[i]);
+    CHECK_EQ(s.n_ids, n0 + 3); /* the last answer token was never fed back */
+    const int64_t cap1 = s.kv.max_seq;
+
+    /* 2: the prompt and transformers' first 10 tokens, 6 more: the 3 fed-back answer tokens are reused too, the
+     * cache grows, and the continuation is transformers' tokens 10..15 */
+    memcpy(seq + n0, ref, 10 * sizeof *seq);
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0 + 10, gpack->data, n_img, 6, NULL, 0, gen, &n_gen, NULL, NULL,
+                                    NULL, &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, n0 + 3);
+    CHECK(s.kv.max_seq > cap1);
+    CHECK_EQ(n_gen, 6);
+    for (int64_t i = 0; i < n_gen; i++) CHECK_EQ(gen[i], ref[10 + i]);
+
+    /* 3: the bare prompt again: all but its last token come from the (longer) cache */
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0, gpack->data, n_img, 8, NULL, 0, gen, &n_gen, NULL, NULL, NULL,
+                                    &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, n0 - 1);
+    for (int64_t i = 0; i < n_gen; i++) CHECK_EQ(gen[i], ref[i]);
+
+    /* 4: a prompt that differs from the cached one at its second-to-last token (after the image): the prefix up
+     * to there is kept, and the answer equals a fresh prefill's */
+    int64_t j = n0 - 2;
+    if (!CHECK(seq[j] != m->config.image_token_index)) goto done;
+    seq[j] = seq[j] == 0 ? 1 : 0;
+    int64_t fresh[8], n_fresh = 0;
+    if (!CHECK(vlm_session_generate(m, &s, seq, n0, gpack->data, n_img, 8, NULL, 0, gen, &n_gen, NULL, NULL, NULL,
+                                    &cached) == VLM_OK))
+        goto done;
+    CHECK_EQ(cached, j);
+    if (!CHECK(vlm_prompt_embed(m, seq, n0, gpack->data, n_img, emb) == VLM_OK)) goto done;
+    if (!CHECK(vlm_generate_greedy(m, emb, n0, 8, NULL, 0, fresh, &n_fresh, NULL, NULL, NULL, NULL) == VLM_OK))
+        goto done;
+    CHECK_EQ(n_gen, n_fresh);
+    for (int64_t i = 0; i < n_gen && i < n_fresh; i++) CHECK_EQ(gen[i], fresh[i]);
+
+    /* 5: a prompt that cannot fit the model's positions: one error before anything runs; the session is kept */
+    const int64_t held = s.n_ids;
+    test_capture_begin();
+    enum vlm_status st = vlm_session_generate(m, &s, seq, n0, gpack->data, n_img,
+                                              m->config.text.max_position_embeddings, NULL, 0, gen, &n_gen, NULL,
+                                              NULL, NULL, &cached);
+    char msg[256];
+    test_capture_end(msg, sizeof msg);
+    CHECK(st == VLM_ERR_ARG);
+    CHECK(strstr(msg, "do not fit") != NULL);
+    CHECK_EQ(s.n_ids, held);
+done:
+    vlm_session_free(&s);
+    free(seq);
+    free(emb);
+    vlm_model_free(m);
+    golden_free(&g);
+}
+
 /* Every SigLIP hidden state (0 = embeddings, i = output of layer i) against transformers' hidden_states list, by
  * asking a copy of the model for that single layer's features: a mismatch names the first layer that drifts. */
 static void check_vision_hidden(const char *golden, const char *model) {
