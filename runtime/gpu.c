@@ -291,6 +291,7 @@ void vlm_gpu_truncate(struct vlm_gpu *g, int64_t n) {
     if (n >= 0 && n < g->n_past) g->n_past = n;
 }
 int64_t vlm_gpu_n_past(const struct vlm_gpu *g) { return g->n_past; }
+int64_t vlm_gpu_max_seq(const struct vlm_gpu *g) { return g->max_seq; }
 
 /* Enqueues the decoder layers for nc tokens whose rows sit in g->h, at positions pos0.. (host) or, when dev, at the
  * positions g->pos says (the captured decode step: nc == 1, the grid of attention sized for the whole cache). */

@@ -32,6 +32,8 @@ void vlm_gpu_reset(struct vlm_gpu *g);
 /* Forgets the cached tokens from position n on (n <= the count cached; a larger n changes nothing): a session
  * keeps the prefix its next prompt shares. */
 void vlm_gpu_truncate(struct vlm_gpu *g, int64_t n);
+/* Tokens the device cache holds at most (vlm_gpu_create's max_seq). */
+int64_t vlm_gpu_max_seq(const struct vlm_gpu *g);
 /* Tokens cached so far. */
 int64_t vlm_gpu_n_past(const struct vlm_gpu *g);
 

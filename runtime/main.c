@@ -223,10 +223,12 @@ struct text_ctx {
 
 /* One answer: renders the chat msgs[0..n_msgs) (the image in the first message), generates greedily and streams the
  * text to stdout, newline-terminated. c->gen receives the tokens, *n_gen their count, *n_prompt the prompt length,
- * *n_cached the prompt tokens the session already held (not prefilled again), *gs the timings. */
+ * *n_cached the prompt tokens the session already held (not prefilled again), *gs the timings. With chat_full
+ * non-NULL, a prompt that leaves no room for c->max_new answer tokens sets *chat_full and returns VLM_ERR_ARG without
+ * a message (the caller names the question). */
 static enum vlm_status text_turn(const struct text_ctx *c, struct vlm_session *s, const struct chat_msg *msgs,
                                  int n_msgs, int64_t *n_gen, int64_t *n_prompt, int64_t *n_cached,
-                                 struct vlm_gen_stats *gs) {
+                                 struct vlm_gen_stats *gs, bool *chat_full) {
     int64_t *full = NULL;
     size_t n = 0;
     struct vlm_text_out *out = NULL;
@@ -234,6 +236,11 @@ static enum vlm_status text_turn(const struct text_ctx *c, struct vlm_session *s
                                      &full, &n);
     if (st != VLM_OK) goto done;
     *n_prompt = (int64_t)n;
+    if (chat_full && (int64_t)n > vlm_context_len(c->m) - (c->max_new > 0 ? c->max_new : 1)) {
+        *chat_full = true; /* the caller says so: only it knows which question did it */
+        st = VLM_ERR_ARG;
+        goto done;
+    }
     st = VLM_ERR_OOM;
     out = vlm_alloc_array(1, sizeof *out, "text output");
     if (!out) goto done;
@@ -296,8 +303,19 @@ static int chat_loop(const struct text_ctx *c) {
         int64_t n_gen = 0, n_prompt = 0, n_cached = 0;
         struct vlm_gen_stats gs;
         size_t n_answer;
-        if (text_turn(c, &session, msgs, n_msgs + 1, &n_gen, &n_prompt, &n_cached, &gs) != VLM_OK ||
-            tok_decode(c->tok, c->gen, (size_t)n_gen, true, &answer, &n_answer) != VLM_OK) {
+        bool full = false;
+        const enum vlm_status st = text_turn(c, &session, msgs, n_msgs + 1, &n_gen, &n_prompt, &n_cached, &gs, &full);
+        if (full) {
+            /* every later question would fail the same way: end the chat with one line saying why */
+            vlm_log_error("%s: the chat is full: with this question the prompt is %lld tokens, which leaves no room "
+                          "for a %lld-token answer in the %lld positions of the %s; start a new chat", what,
+                          (long long)n_prompt, (long long)c->max_new, (long long)vlm_context_len(c->m),
+                          c->m->gpu ? "GPU's KV cache (--ctx)" : "model");
+            free(q);
+            rc = 1;
+            break;
+        }
+        if (st != VLM_OK || tok_decode(c->tok, c->gen, (size_t)n_gen, true, &answer, &n_answer) != VLM_OK) {
             free(q); /* said why in one line; the chat goes on without this question */
             rc = 1;
             continue;
@@ -485,7 +503,7 @@ int main(int argc, char **argv) {
         const struct chat_msg msg = {.role = "user", .text = prompt, .n_images = 1};
         struct vlm_session one = {0};
         int64_t n_cached;
-        enum vlm_status st = text_turn(&c, &one, &msg, 1, &n_gen, &n_full, &n_cached, &gs);
+        enum vlm_status st = text_turn(&c, &one, &msg, 1, &n_gen, &n_full, &n_cached, &gs, NULL);
         vlm_session_free(&one);
         if (st != VLM_OK) goto done;
     } else {

@@ -187,6 +187,10 @@ enum vlm_status vlm_generate_greedy(const struct vlm_model *m, const float *emb,
     return st;
 }
 
+int64_t vlm_context_len(const struct vlm_model *m) {
+    return m->gpu ? vlm_gpu_max_seq(m->gpu) : m->config.text.max_position_embeddings;
+}
+
 void vlm_session_free(struct vlm_session *s) {
     if (!s) return;
     kv_cache_free(&s->kv);
@@ -212,11 +216,11 @@ enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_sessi
                                      const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
                                      vlm_token_cb cb, void *user, struct vlm_gen_stats *stats, int64_t *n_cached) {
     const struct vlm_text_config *tc = &m->config.text;
-    const int64_t d = tc->hidden_size, img = m->config.image_token_index;
-    if (max_new < 0 || n <= 0 || max_new > tc->max_position_embeddings ||
-        n > tc->max_position_embeddings - (max_new > 0 ? max_new : 1)) {
-        vlm_log_error("generate: prompt %lld + answer %lld tokens do not fit the model's %lld positions",
-                      (long long)n, (long long)max_new, (long long)tc->max_position_embeddings);
+    const int64_t d = tc->hidden_size, img = m->config.image_token_index, cap = vlm_context_len(m);
+    if (max_new < 0 || n <= 0 || max_new > cap || n > cap - (max_new > 0 ? max_new : 1)) {
+        vlm_log_error("generate: prompt %lld + answer %lld tokens do not fit the %lld positions of the %s",
+                      (long long)n, (long long)max_new, (long long)cap,
+                      m->gpu ? "GPU's KV cache (--ctx)" : "model");
         return VLM_ERR_ARG;
     }
     /* The device cache belongs to the model: anything else that ran on it since (vlm_generate_greedy resets it) makes
@@ -245,7 +249,7 @@ enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_sessi
     } else {
         const int64_t need = n + (max_new > 0 ? max_new : 1);
         if (!s->kv.k) {
-            st = kv_cache_init(&s->kv, tc, need);
+            st = kv_cache_init(&s->kv, tc, need); /* need <= cap: checked above */
         } else if (need > s->kv.max_seq) { /* doubling keeps a long chat's copies linear in its length */
             int64_t want = s->kv.max_seq <= tc->max_position_embeddings / 2 ? 2 * s->kv.max_seq
                                                                              : tc->max_position_embeddings;

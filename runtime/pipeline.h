@@ -52,6 +52,10 @@ struct vlm_session {
 };
 void vlm_session_free(struct vlm_session *s);
 
+/* Positions a generation on m can use, prompt and answer together: the model's max_position_embeddings on the CPU,
+ * the device cache's size (vlm_gpu_create's max_seq) on the GPU. */
+int64_t vlm_context_len(const struct vlm_model *m);
+
 /* As vlm_generate_greedy for the expanded prompt ids (n), whose image-token positions take feats' rows
  * (n_feat_rows, d) in order: the longest common prefix of ids with the tokens already cached is kept (at most n - 1:
  * the last prompt token is always recomputed) and only the rest is prefilled. *n_cached (may be NULL) receives the

@@ -195,6 +195,50 @@ TEST(demo_chat_matches_transformers) {
     free(out);
 }
 
+/* A chat that outgrows the model's positions ends with one line saying so, naming the question that did it, after
+ * the answers that fitted. --max-new is set so that transformers' second prompt of chat 0 leaves room for exactly
+ * that many answer tokens, and the third (longer) does not. */
+TEST(demo_chat_full_ends_the_chat) {
+    cJSON *chat = jsonl_item(test_path("tests/data/demo/greedy_hf_chat.jsonl"), 0);
+    size_t len = 0;
+    char *cfg_text = test_read_file(test_path("models/demo/config.json"), &len);
+    cJSON *cfg = cfg_text ? cJSON_Parse(cfg_text) : NULL;
+    free(cfg_text);
+    const cJSON *tc = cJSON_GetObjectItem(cfg, "text_config");
+    const cJSON *max_pos = cJSON_GetObjectItem(tc, "max_position_embeddings");
+    const cJSON *file = cJSON_GetObjectItem(chat, "file"), *turns = cJSON_GetObjectItem(chat, "turns");
+    if (!CHECK(cJSON_IsNumber(max_pos) && cJSON_IsString(file) && cJSON_GetArraySize(turns) == 3)) goto done;
+    const cJSON *t1 = cJSON_GetArrayItem(turns, 0), *t2 = cJSON_GetArrayItem(turns, 1);
+    const cJSON *n2 = cJSON_GetObjectItem(t2, "n_prompt");
+    if (!CHECK(cJSON_IsNumber(n2))) goto done;
+    char rel[4200], image[4096], questions[4096] = "", cmd[8192], err[8192], want[512];
+    snprintf(rel, sizeof rel, "tests/data/demo/%s", file->valuestring);
+    snprintf(image, sizeof image, "%s", test_path(rel));
+    for (const cJSON *turn = turns->child; turn; turn = turn->next) {
+        strncat(questions, cJSON_GetObjectItem(turn, "q")->valuestring, sizeof questions - strlen(questions) - 2);
+        strcat(questions, "\n");
+    }
+    strncat(questions, "Is there a circle?\n", sizeof questions - strlen(questions) - 1); /* never asked */
+    const char *in = test_tmp_path("chat_full_in.txt");
+    test_write_file(in, questions, strlen(questions));
+    const int max_new = max_pos->valueint - n2->valueint;
+    snprintf(cmd, sizeof cmd, "%s/vlmrun --model '%s' --max-new %d '%s' <'%s'", VLM_BUILD_DIR, demo_dir(), max_new,
+             image, in);
+    char *out = NULL;
+    CHECK_EQ(run_capture(cmd, &out, err, sizeof err), 1);
+    /* the first two answers are transformers' (they end at <|im_end|>, far below max_new) */
+    snprintf(want, sizeof want, "%s\n%s\n", cJSON_GetObjectItem(t1, "a")->valuestring,
+             cJSON_GetObjectItem(t2, "a")->valuestring);
+    if (!CHECK(out != NULL && strcmp(out, want) == 0)) fprintf(stderr, "  got '%s', want '%s'\n", out ? out : "", want);
+    const char *e = strstr(err, "vlmrun: error: "); /* the info lines before it are the log */
+    if (CHECK(e != NULL)) CHECK_ERROR_LINE(e, "<stdin> line 3: the chat is full", "start a new chat");
+    CHECK(strstr(err, "turn 3:") == NULL);
+    free(out);
+done:
+    cJSON_Delete(cfg);
+    cJSON_Delete(chat);
+}
+
 TEST(demo_accuracy_floor) {
     char cmd[4096], err[4096];
     const char *mbq = test_tmp_path("demo_f32.mbq");
