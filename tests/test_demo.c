@@ -6,7 +6,8 @@
  * - demo_default_model: `vlmrun IMAGE QUESTION` with no --model runs the bundled demo (the README's first command),
  *   VLM_MODEL overrides it, and a missing default gives one error line naming the path;
  * - demo_chat_matches_transformers: `vlmrun IMAGE` with questions on stdin answers three-turn chats as transformers
- *   does (tests/data/demo/greedy_hf_chat.jsonl), the whole chat in each prompt;
+ *   does (tests/data/demo/greedy_hf_chat.jsonl), the whole chat in each prompt and the earlier turns from the cache;
+ * - demo_chat_full_ends_the_chat: a chat that outgrows the model's positions ends with one line naming the question;
  * - demo_accuracy_floor: the FP accuracy on the first DEMO_ACC_ITEMS questions of the test split
  *   (test_eval.jsonl, scenes never trained on) stays above DEMO_FLOOR_PCT, set from the training report
  *   (models/demo/README.md) minus a margin for the sample. It runs on the checkpoint converted with
