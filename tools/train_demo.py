@@ -421,7 +421,7 @@ def write_report(work, report):
              f"bytes ({report['save_dtype']}). Vocabulary {report['vocab_size']} ({report['n_bpe']} BPE + "
              f"{len(SPECIALS)} special).", "",
              "Stage 0 (vision tower alone, per-patch object classes): " + (
-                 f"{report['stage0']['steps']} steps x batch {report['stage0']['batch']}, "
+                 f"{report['stage0'].get('heads', 'joint')} heads, {report['stage0']['steps']} steps x batch {report['stage0']['batch']}, "
                  f"{report['stage0']['seconds']:.0f} s, object-patch accuracy {report['stage0']['object_patch_acc']:.3f}."
                  if report.get("stage0") else "none."),
              f"Image-feature penalty weight: {report.get('feat_reg', 0):g}; curriculum: one-object scenes for the "
@@ -479,10 +479,15 @@ def vit_pretrain(model, args):
     from PIL import Image
     vt = model.model.vision_tower
     P = CROP // args.patch
-    n_cls = len(scenes.COLORS) * len(scenes.SHAPES) + 2
+    C, S = len(scenes.COLORS), len(scenes.SHAPES)
+    n_cls = C * S + 2
     torch.manual_seed(args.seed + 2000)
-    head = torch.nn.Linear(vt.config.hidden_size, n_cls)
-    opt = torch.optim.AdamW(list(vt.parameters()) + list(head.parameters()), lr=args.lr, weight_decay=0.0)
+    if args.vit_heads == "joint":
+        heads = [torch.nn.Linear(vt.config.hidden_size, n_cls)]
+    else:  # colour (C + text + background) and shape (S + text + background), each its own linear head
+        heads = [torch.nn.Linear(vt.config.hidden_size, C + 2), torch.nn.Linear(vt.config.hidden_size, S + 2)]
+    opt = torch.optim.AdamW(list(vt.parameters()) + [p for h in heads for p in h.parameters()], lr=args.lr,
+                            weight_decay=0.0)
     rng = np.random.default_rng([args.seed, 2000])
     t0, acc_ema = time.time(), None
     for step in range(args.vit_steps):
@@ -506,19 +511,27 @@ def vit_pretrain(model, args):
         for g in opt.param_groups:
             g["lr"] = lr
         h = vt(pixel_values=px, output_hidden_states=True).hidden_states[-1]
-        logits = head(h)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, n_cls), y.reshape(-1))
+        if args.vit_heads == "joint":
+            targets = [y]
+        else:  # the joint class split into its colour and its shape; text and background keep their own classes
+            obj = y < C * S
+            targets = [torch.where(obj, y // S, y - C * S + C), torch.where(obj, y % S, y - C * S + S)]
+        logits = [hd(h) for hd in heads]
+        loss = sum(torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), t.reshape(-1))
+                   for lg, t in zip(logits, targets))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        with torch.no_grad():
+        with torch.no_grad():  # a foreground patch counts as right when every head is
             fg = y != n_cls - 1
-            acc = (logits.argmax(-1)[fg] == y[fg]).float().mean().item()
+            right = torch.stack([lg.argmax(-1) == t for lg, t in zip(logits, targets)]).all(0)
+            acc = right[fg].float().mean().item()
         acc_ema = acc if acc_ema is None else 0.9 * acc_ema + 0.1 * acc
         if (step + 1) % args.log_every == 0 or step + 1 == args.vit_steps:
             log(f"stage 0 step {step + 1}/{args.vit_steps}  loss {loss.item():.3f}  object-patch acc {acc_ema:.3f}  "
                 f"{time.time() - t0:.0f} s")
-    return dict(steps=args.vit_steps, batch=args.vit_batch, object_patch_acc=acc_ema, seconds=time.time() - t0)
+    return dict(steps=args.vit_steps, batch=args.vit_batch, heads=args.vit_heads, object_patch_acc=acc_ema,
+                seconds=time.time() - t0)
 
 
 def feature_penalty(outs, n_images):
@@ -573,6 +586,9 @@ def main():
     ap.add_argument("--vision-layers", type=int, default=VISION["num_hidden_layers"])
     ap.add_argument("--vit-steps", type=int, default=3000, help="stage 0: vision tower pretraining steps (0: none)")
     ap.add_argument("--vit-batch", type=int, default=64)
+    ap.add_argument("--vit-heads", default="joint", choices=["joint", "factored"],
+                    help="stage 0's targets: one head over colour x shape classes, or a colour head and a shape head "
+                    "(shape then a direction shared by every colour, which the decoder can search by)")
     ap.add_argument("--curriculum", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.25, 0.4),
                     help="A,B: one-object scenes for the first fraction A of the steps, two objects until B")
     ap.add_argument("--freeze-vision", type=float, default=0.5, help="fraction of the steps with the stage-0 "
