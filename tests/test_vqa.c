@@ -235,6 +235,54 @@ done:
 }
 
 /* Writes text as dir/name and runs --vqa on it; checks exit 1 and one error line holding name and needle. */
+/* A scene's questions are consecutive items, and vlmeval encodes their image once: several questions on one image, a
+ * switch to another image and back must each still get vlmrun's answer for that image and question (a stale image
+ * would give another image's answer, or a token-count error). */
+TEST(vqa_consecutive_items_share_the_image) {
+    if (!model_dir()[0]) return;
+    const char *img[2] = {test_path("tests/data/images/unpad_70x150.png"),
+                          test_path("tests/data/images/single_40x50.png")};
+    const char *q[2] = {"What color is the square?", "How many shapes?"};
+    char *want[2][2] = {{NULL, NULL}, {NULL, NULL}};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+            size_t n = 0;
+            want[i][j] = vlmrun_answer(img[i], q[j], &n);
+            if (!want[i][j]) goto done;
+            want[i][j][strcspn(want[i][j], "\n")] = 0;
+        }
+    /* the two images differ in answers somewhere, or the check could not see a stale image */
+    if (!CHECK(strcmp(want[0][0], want[1][0]) != 0 || strcmp(want[0][1], want[1][1]) != 0)) goto done;
+    const int seq[6][2] = {{0, 0}, {0, 1}, {0, 0}, {1, 1}, {1, 0}, {0, 1}};
+    char jsonl[8192] = "", path[1024], ans_path[1024], args[4096], out[8192], err[8192];
+    for (int k = 0; k < 6; k++) add_line(jsonl, sizeof jsonl, img[seq[k][0]], "t", q[seq[k][1]], "x", false);
+    snprintf(path, sizeof path, "%s/shared.jsonl", test_tmpdir());
+    snprintf(ans_path, sizeof ans_path, "%s/shared_answers.jsonl", test_tmpdir());
+    test_write_file(path, jsonl, strlen(jsonl));
+    snprintf(args, sizeof args, "--vqa '%s' --model '%s' --ref '%s' --answers '%s'", path, model_dir(), model_dir(),
+             ans_path);
+    if (!CHECK_EQ(vlmeval(args, out, sizeof out, err, sizeof err), 0)) fprintf(stderr, "  stderr: %s\n", err);
+    size_t alen = 0;
+    char *ans = test_read_file(ans_path, &alen), *save = NULL;
+    int k = 0;
+    if (CHECK(ans != NULL) && CHECK_EQ(count_lines(ans), 6))
+        for (char *l = strtok_r(ans, "\n", &save); l && k < 6; l = strtok_r(NULL, "\n", &save), k++) {
+            cJSON *o = cJSON_Parse(l);
+            const cJSON *got = cJSON_GetObjectItemCaseSensitive(o, "got");
+            const cJSON *rgot = cJSON_GetObjectItemCaseSensitive(o, "ref_got");
+            const char *w = want[seq[k][0]][seq[k][1]];
+            if (!CHECK(cJSON_IsString(got) && strcmp(got->valuestring, w) == 0 && cJSON_IsString(rgot) &&
+                       strcmp(rgot->valuestring, w) == 0))
+                fprintf(stderr, "  item %d: got '%s', vlmrun '%s'\n", k + 1, cJSON_IsString(got) ? got->valuestring : "",
+                        w);
+            cJSON_Delete(o);
+        }
+    free(ans);
+done:
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) free(want[i][j]);
+}
+
 static void expect_bad_n(const char *dir, const char *name, const char *text, size_t len, const char *needle) {
     char path[1024], args[4096], out[4096], err[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
