@@ -500,6 +500,14 @@ struct vqa_model {
     struct img_layout lay;
 };
 
+/* Forgets the current image: its pixels and both models' features. */
+static void vqa_drop_image(struct vlm_image *img, struct vqa_model *mod, struct vqa_model *ref) {
+    img_free(img);
+    free(mod->feats);
+    free(ref->feats);
+    mod->feats = ref->feats = NULL;
+}
+
 /* One model on one question: the prompt is the question after the image in template tmpl (default system prompt),
  * the image placeholder expanded to m's token count for img. img is encoded into vm->feats unless they are there
  * already (the caller clears them when the image changes). gen (max_new) and *n_gen receive the greedy tokens;
@@ -701,10 +709,7 @@ static int vqa_main(const char *vqa_path, const char *model_path, const char *re
         float *lg_mod = NULL, *lg_ref = NULL;
         st = VLM_OK;
         if (!img_path || strcmp(img_path, it->image) != 0) { /* a new image: decode it, encode it when asked */
-            img_free(&img);
-            free(mod.feats);
-            free(ref.feats);
-            mod.feats = ref.feats = NULL;
+            vqa_drop_image(&img, &mod, &ref);
             img_path = NULL;
             st = img_load(it->image, &img);
             if (st == VLM_OK) img_path = it->image;
@@ -771,9 +776,7 @@ done:
     answers_close(&answers, false); /* after an error: no partial file is left behind */
     vqa_set_free(&set);
     tok_free(tok);
-    img_free(&img);
-    free(mod.feats);
-    free(ref.feats);
+    vqa_drop_image(&img, &mod, &ref);
     free(mod.stop);
     free(ref.stop);
     vlm_model_free(mod.m);

@@ -236,7 +236,7 @@ static enum vlm_status text_turn(const struct text_ctx *c, struct vlm_session *s
                                      &full, &n);
     if (st != VLM_OK) goto done;
     *n_prompt = (int64_t)n;
-    if (chat_full && (int64_t)n > vlm_context_len(c->m) - (c->max_new > 0 ? c->max_new : 1)) {
+    if (chat_full && !vlm_context_fits(c->m, (int64_t)n, c->max_new)) {
         *chat_full = true; /* the caller says so: only it knows which question did it */
         st = VLM_ERR_ARG;
         goto done;

@@ -191,6 +191,11 @@ int64_t vlm_context_len(const struct vlm_model *m) {
     return m->gpu ? vlm_gpu_max_seq(m->gpu) : m->config.text.max_position_embeddings;
 }
 
+bool vlm_context_fits(const struct vlm_model *m, int64_t n, int64_t max_new) {
+    const int64_t cap = vlm_context_len(m);
+    return max_new >= 0 && n > 0 && max_new <= cap && n <= cap - (max_new > 0 ? max_new : 1);
+}
+
 void vlm_session_free(struct vlm_session *s) {
     if (!s) return;
     kv_cache_free(&s->kv);
@@ -216,10 +221,10 @@ enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_sessi
                                      const int64_t *stop_ids, int n_stop, int64_t *out_tokens, int64_t *n_out,
                                      vlm_token_cb cb, void *user, struct vlm_gen_stats *stats, int64_t *n_cached) {
     const struct vlm_text_config *tc = &m->config.text;
-    const int64_t d = tc->hidden_size, img = m->config.image_token_index, cap = vlm_context_len(m);
-    if (max_new < 0 || n <= 0 || max_new > cap || n > cap - (max_new > 0 ? max_new : 1)) {
+    const int64_t d = tc->hidden_size, img = m->config.image_token_index;
+    if (!vlm_context_fits(m, n, max_new)) {
         vlm_log_error("generate: prompt %lld + answer %lld tokens do not fit the %lld positions of the %s",
-                      (long long)n, (long long)max_new, (long long)cap,
+                      (long long)n, (long long)max_new, (long long)vlm_context_len(m),
                       m->gpu ? "GPU's KV cache (--ctx)" : "model");
         return VLM_ERR_ARG;
     }
@@ -249,23 +254,25 @@ enum vlm_status vlm_session_generate(const struct vlm_model *m, struct vlm_sessi
     } else {
         const int64_t need = n + (max_new > 0 ? max_new : 1);
         if (!s->kv.k) {
-            st = kv_cache_init(&s->kv, tc, need); /* need <= cap: checked above */
-        } else if (need > s->kv.max_seq) { /* doubling keeps a long chat's copies linear in its length */
-            int64_t want = s->kv.max_seq <= tc->max_position_embeddings / 2 ? 2 * s->kv.max_seq
-                                                                             : tc->max_position_embeddings;
-            st = kv_cache_grow(&s->kv, tc, want > need ? want : need);
+            st = kv_cache_init(&s->kv, tc, need); /* need fits: checked above */
+        } else {
+            s->kv.n_past = keep; /* rewound first, so a growth moves only the rows kept */
+            if (need > s->kv.max_seq) { /* doubling keeps a long chat's copies linear in its length */
+                int64_t want = s->kv.max_seq <= tc->max_position_embeddings / 2 ? 2 * s->kv.max_seq
+                                                                                 : tc->max_position_embeddings;
+                st = kv_cache_grow(&s->kv, tc, want > need ? want : need);
+            }
         }
         if (st != VLM_OK) goto done;
-        s->kv.n_past = keep;
         st = generate_cpu(m, &s->kv, emb, n - keep, max_new, stop_ids, n_stop, out_tokens, n_out, NULL, cb, user,
                           stats);
     }
     if (st != VLM_OK) goto done;
     /* The cache now holds the prompt and every answer token but the last (never fed back). */
+    const int64_t n_fed = *n_out > 1 ? *n_out - 1 : 0;
     memcpy(s->ids + keep, ids + keep, (size_t)(n - keep) * sizeof *ids);
-    s->n_ids = n;
-    if (*n_out > 1) memcpy(s->ids + n, out_tokens, (size_t)(*n_out - 1) * sizeof *ids);
-    s->n_ids += *n_out > 1 ? *n_out - 1 : 0;
+    memcpy(s->ids + n, out_tokens, (size_t)n_fed * sizeof *ids);
+    s->n_ids = n + n_fed;
     if (n_cached) *n_cached = keep;
 done:
     if (st != VLM_OK) s->n_ids = 0; /* a failed step may have written part of the cache: trust none of it */

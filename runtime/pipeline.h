@@ -3,6 +3,7 @@
 #ifndef VLM_PIPELINE_H
 #define VLM_PIPELINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "model.h"
@@ -55,6 +56,8 @@ void vlm_session_free(struct vlm_session *s);
 /* Positions a generation on m can use, prompt and answer together: the model's max_position_embeddings on the CPU,
  * the device cache's size (vlm_gpu_create's max_seq) on the GPU. */
 int64_t vlm_context_len(const struct vlm_model *m);
+/* Whether a prompt of n tokens and an answer of up to max_new (at least one position) fit vlm_context_len(m). */
+bool vlm_context_fits(const struct vlm_model *m, int64_t n, int64_t max_new);
 
 /* As vlm_generate_greedy for the expanded prompt ids (n), whose image-token positions take feats' rows
  * (n_feat_rows, d) in order: the longest common prefix of ids with the tokens already cached is kept (at most n - 1:
