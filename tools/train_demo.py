@@ -421,7 +421,8 @@ def write_report(work, report):
              f"bytes ({report['save_dtype']}). Vocabulary {report['vocab_size']} ({report['n_bpe']} BPE + "
              f"{len(SPECIALS)} special).", "",
              "Stage 0 (vision tower alone, per-patch object classes): " + (
-                 f"{report['stage0'].get('heads', 'joint')} heads, {report['stage0']['steps']} steps x batch {report['stage0']['batch']}, "
+                 f"{report['stage0'].get('heads', 'joint')} heads, {report['stage0']['steps']} steps x batch "
+                 f"{report['stage0']['batch']}, "
                  f"{report['stage0']['seconds']:.0f} s, object-patch accuracy {report['stage0']['object_patch_acc']:.3f}."
                  if report.get("stage0") else "none."),
              f"Image-feature penalty weight: {report.get('feat_reg', 0):g}; curriculum: one-object scenes for the "
@@ -588,7 +589,8 @@ def main():
     ap.add_argument("--vit-batch", type=int, default=64)
     ap.add_argument("--vit-heads", default="joint", choices=["joint", "factored"],
                     help="stage 0's targets: one head over colour x shape classes, or a colour head and a shape head "
-                    "(shape then a direction shared by every colour, which the decoder can search by)")
+                    "(meant to give each shape a direction shared by every colour for the decoder to search by; "
+                    "measured no better: models/demo/README.md)")
     ap.add_argument("--curriculum", type=lambda v: tuple(float(x) for x in v.split(",")), default=(0.25, 0.4),
                     help="A,B: one-object scenes for the first fraction A of the steps, two objects until B")
     ap.add_argument("--freeze-vision", type=float, default=0.5, help="fraction of the steps with the stage-0 "
